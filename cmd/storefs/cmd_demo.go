@@ -1,0 +1,143 @@
+package main
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/storefs/storefs/store"
+)
+
+// The demo's sample package, written to a temp dir and added for real.
+var demoFiles = []struct {
+	rel, content string
+	mode         os.FileMode
+	link         string
+}{
+	{rel: "bin/hello", content: "#!/bin/sh\necho 'Hello from the store!'\n", mode: 0o755},
+	{rel: "share/doc/hello/README", content: "A tiny package added by `storefs demo`.\n", mode: 0o644},
+	{rel: "share/doc/hello/NEWS", content: "Same bytes as README in another item: stored once in blob mode.\n", mode: 0o644},
+	{rel: "lib/hello.conf", link: "../share/doc/hello/README"},
+}
+
+func newDemoCommand(g *globals) *cobra.Command {
+	var mode string
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Create a store in a temp dir (or --state), add real files, list and check them",
+		Long: `The main job on an embedded default: create a store (in a new temp dir unless
+--state or STOREFS_STATE is given), add a small sample package and the storefs
+binary itself, then list the store, show an item, its closure and a file, and
+verify every NAR hash. The store is left in place for you to explore.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			state := g.state
+			if state == "" {
+				state = os.Getenv("STOREFS_STATE")
+			}
+			if state == "" {
+				d, err := os.MkdirTemp("", "storefs-demo-")
+				if err != nil {
+					return err
+				}
+				state = d
+			}
+			out := g.stdout
+			s, err := store.Init(state, store.InitOptions{Mode: store.Mode(mode)}, g.options())
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			fmt.Fprintf(out, "$ storefs --state %s init --mode %s\n", state, s.Mode())
+
+			src, err := os.MkdirTemp("", "storefs-demo-src-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(src)
+			pkg := filepath.Join(src, "hello-1.0")
+			for _, f := range demoFiles {
+				p := filepath.Join(pkg, f.rel)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					return err
+				}
+				if f.link != "" {
+					err = os.Symlink(f.link, p)
+				} else {
+					err = os.WriteFile(p, []byte(f.content), f.mode)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			hello, err := s.Add(ctx, pkg, store.AddOptions{})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "$ storefs add %s\n%s\n", pkg, hello)
+
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			bin, err := s.Add(ctx, exe, store.AddOptions{Name: "storefs"})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "$ storefs add --name storefs %s\n%s\n", exe, bin)
+
+			notes := filepath.Join(src, "notes")
+			if err := os.WriteFile(notes, []byte(demoFiles[2].content), 0o644); err != nil {
+				return err
+			}
+			withRef, err := s.Add(ctx, notes, store.AddOptions{Refs: []string{hello}})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "$ storefs add --ref %s %s\n%s\n", hello, notes, withRef)
+
+			fmt.Fprintf(out, "$ storefs ls\n")
+			if err := s.List(func(p string) bool { fmt.Fprintln(out, p); return true }); err != nil {
+				return err
+			}
+			in, err := s.Info(withRef)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "$ storefs info %s\nnarHash: %s\nnarSize: %d\nreferences: %v\n", withRef, in.NarHash, in.NarSize, in.References)
+			c, err := s.Closure([]string{withRef})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "$ storefs closure %s\n", withRef)
+			for _, p := range c {
+				fmt.Fprintln(out, p)
+			}
+			fmt.Fprintf(out, "$ storefs cat %s/bin/hello\n", hello)
+			if err := s.Cat(ctx, out, hello+"/bin/hello"); err != nil {
+				return err
+			}
+			h := sha256.New()
+			if err := s.Export(ctx, h, bin); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "$ storefs export %s | sha256sum\n%x  -\n", bin, h.Sum(nil))
+			rep, err := s.Verify(ctx, store.VerifyOptions{Contents: true})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "$ storefs verify --contents\nchecked %d paths and %d blobs: %d problem(s)\n", rep.Paths, rep.Blobs, len(rep.Problems))
+			if len(rep.Problems) > 0 {
+				return problemsError{len(rep.Problems)}
+			}
+			fmt.Fprintf(out, "\nThe store is in %s; try: storefs --state %s ls\n", state, state)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob or disk")
+	return cmd
+}

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/storefs/storefs/store"
+)
+
+func newInitCommand(g *globals) *cobra.Command {
+	var mode, storeDir string
+	cmd := &cobra.Command{
+		Use:   "init [--mode blob|disk] [--store-dir DIR]",
+		Short: "Create a store in the state dir",
+		Long: `Create a store in the state dir. The mode and the store dir are fixed for the
+store's life: the store dir is part of every store path's hash.
+
+  blob  file contents in a hash-addressed blob area (each distinct file once),
+        trees in the registry; presented by FUSE (storefs mount)
+  disk  items are real directories under <state>/store`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := store.Init(g.stateDir(), store.InitOptions{Mode: store.Mode(mode), StoreDir: storeDir}, g.options())
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			fmt.Fprintf(g.stdout, "initialised a %s store for %s in %s\n", s.Mode(), s.StoreDir(), s.StateDir())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob or disk")
+	cmd.Flags().StringVar(&storeDir, "store-dir", store.DefaultStoreDir, "logical store dir (e.g. /gnu/store or /nix/store)")
+	return cmd
+}

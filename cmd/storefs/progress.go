@@ -1,0 +1,53 @@
+package main
+
+import (
+	"sync/atomic"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/storefs/storefs/store"
+)
+
+// progress draws a byte bar with a file count on stderr when it is a TTY;
+// otherwise it is inert. Scripts get clean output either way.
+type progress struct {
+	bar   *progressbar.ProgressBar
+	files atomic.Int64
+	total int
+}
+
+func newProgress(g *globals, desc string, totalBytes int64, totalFiles int) *progress {
+	p := &progress{total: totalFiles}
+	if !g.interactive() {
+		return p
+	}
+	if totalBytes <= 0 {
+		totalBytes = -1
+	}
+	p.bar = progressbar.NewOptions64(totalBytes,
+		progressbar.OptionSetWriter(g.stderr),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowCount(),
+		progressbar.OptionThrottle(100_000_000),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetWidth(30),
+	)
+	return p
+}
+
+func (p *progress) hooks() *store.Progress {
+	if p.bar == nil {
+		return nil
+	}
+	return &store.Progress{
+		Bytes: func(n int64) { p.bar.Add64(n) },
+		Files: func(n int) { p.files.Add(int64(n)) },
+	}
+}
+
+func (p *progress) done() {
+	if p.bar != nil {
+		p.bar.Finish()
+	}
+}

@@ -1,0 +1,560 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/nar"
+	"github.com/storefs/storefs/registry"
+)
+
+// Tuning of the add pipeline.
+const (
+	// Files up to this size are read into memory once: hashed, written and
+	// fed to the item's NAR hash from the same buffer.
+	smallFile = 1 << 20
+	// At most this many files may be read ahead of the NAR hasher, which
+	// bounds memory to window*smallFile.
+	window = 64
+)
+
+// Progress receives counts of work done; any field may be nil.
+type Progress struct {
+	Bytes func(n int64) // bytes hashed into the item's NAR
+	Files func(n int)   // files finished
+}
+
+func (p *Progress) bytes(n int64) {
+	if p != nil && p.Bytes != nil {
+		p.Bytes(n)
+	}
+}
+
+func (p *Progress) files(n int) {
+	if p != nil && p.Files != nil {
+		p.Files(n)
+	}
+}
+
+// AddOptions configure Add and PathOf.
+type AddOptions struct {
+	Name     string   // store path name; the source's base name when empty
+	Refs     []string // references: full store paths that must be valid
+	Progress *Progress
+}
+
+// SourceStats describe a source tree (for progress bars).
+type SourceStats struct {
+	Files int
+	Bytes int64
+}
+
+// Stat walks a source tree the way Add will and counts its files and bytes.
+func Stat(src string) (SourceStats, error) {
+	_, files, err := walkSource(src)
+	var st SourceStats
+	for _, f := range files {
+		st.Files++
+		st.Bytes += f.size
+	}
+	return st, err
+}
+
+// item is one item being built in the staging area.
+type item struct {
+	s     *Store
+	dir   string     // staging dir of this item
+	tree  string     // disk mode: where the tree is built (dir/tree)
+	batch *cas.Batch // blob mode: new blobs
+}
+
+var itemSeq atomic.Int64
+
+func (s *Store) newItem() (*item, error) {
+	dir := filepath.Join(s.stage, fmt.Sprintf("item-%d", itemSeq.Add(1)))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, err
+	}
+	it := &item{s: s, dir: dir, tree: filepath.Join(dir, "tree")}
+	if s.mode == ModeBlob {
+		b, err := s.blobs.NewBatch(filepath.Join(dir, "blobs"))
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		it.batch = b
+	}
+	return it, nil
+}
+
+// discard removes whatever the item left in the staging area.
+func (it *item) discard() {
+	if it.batch != nil {
+		it.batch.Abort()
+	}
+	removeAll(it.dir)
+}
+
+func (it *item) treePath(rel string) string {
+	if rel == "" {
+		return it.tree
+	}
+	return filepath.Join(it.tree, filepath.FromSlash(rel))
+}
+
+// resolveRefs checks that each reference is a valid path of this store and
+// returns their base names, sorted and unique.
+func (s *Store) resolveRefs(refs []string) ([]string, error) {
+	var out []string
+	for _, r := range refs {
+		base, rel, err := SplitStorePath(s.storeDir, r)
+		if err != nil {
+			return nil, fmt.Errorf("reference %s: %w", r, err)
+		}
+		if rel != "" {
+			return nil, fmt.Errorf("reference %s: not a store path (has a path below the item)", r)
+		}
+		ok, err := s.reg.IsValid(base)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("reference %s: %w", r, ErrNotValid)
+		}
+		out = append(out, base)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+func (s *Store) fullPaths(bases []string) []string {
+	out := make([]string, len(bases))
+	for i, b := range bases {
+		out[i] = s.FullPath(b)
+	}
+	return out
+}
+
+func nameFor(src, name string) (string, error) {
+	if name == "" {
+		abs, err := filepath.Abs(src)
+		if err != nil {
+			return "", err
+		}
+		name = filepath.Base(abs)
+	}
+	return name, CheckName(name)
+}
+
+// PathOf is the store path src would get, without adding anything.
+func (s *Store) PathOf(ctx context.Context, src string, o AddOptions) (string, error) {
+	name, err := nameFor(src, o.Name)
+	if err != nil {
+		return "", err
+	}
+	refs, err := s.resolveRefs(o.Refs)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	if err := nar.DumpPath(h, src); err != nil {
+		return "", err
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return MakeSourcePath(s.storeDir, sum, name, s.fullPaths(refs)), nil
+}
+
+// Add copies the tree at src into the store and returns its store path.
+// Adding an item that is already valid changes nothing and returns its path.
+func (s *Store) Add(ctx context.Context, src string, o AddOptions) (string, error) {
+	name, err := nameFor(src, o.Name)
+	if err != nil {
+		return "", err
+	}
+	refs, err := s.resolveRefs(o.Refs)
+	if err != nil {
+		return "", err
+	}
+	root, files, err := walkSource(src)
+	if err != nil {
+		return "", fmt.Errorf("add %s: %w", src, err)
+	}
+	it, err := s.newItem()
+	if err != nil {
+		return "", err
+	}
+	defer it.discard()
+	sum, size, err := it.ingestTree(ctx, root, files, o.Progress)
+	if err != nil {
+		return "", fmt.Errorf("add %s: %w", src, err)
+	}
+	p := MakeSourcePath(s.storeDir, sum, name, s.fullPaths(refs))
+	info := &registry.PathInfo{
+		Path:       filepath.Base(p),
+		NarHash:    sum,
+		NarSize:    size,
+		References: refs,
+		CA:         "fixed:r:sha256:" + NixHash(sum)[len("sha256:"):],
+	}
+	if err := it.finish(root, info); err != nil {
+		return "", fmt.Errorf("add %s: %w", src, err)
+	}
+	return p, nil
+}
+
+// ingestTree copies the files of a walked source into the item (blobs or a
+// staged tree) in parallel, while this goroutine computes the item's NAR
+// hash in NAR order from the same bytes.
+func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog *Progress) (sum [32]byte, size int64, err error) {
+	if it.s.mode == ModeDisk {
+		if err := it.skeleton(root); err != nil {
+			return sum, 0, err
+		}
+	}
+	for _, f := range files {
+		f.done = make(chan struct{})
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	tokens := make(chan struct{}, window)
+	jobs := make(chan *node)
+	g.Go(func() error {
+		defer close(jobs)
+		for _, f := range files {
+			select {
+			case tokens <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			select {
+			case jobs <- f:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	for range workers {
+		g.Go(func() error {
+			for f := range jobs {
+				f.err = it.ingestFile(f)
+				close(f.done)
+				if f.err != nil {
+					return f.err
+				}
+			}
+			return nil
+		})
+	}
+
+	h := sha256.New()
+	w := nar.NewWriter(h)
+	var emit func(n *node) error
+	emit = func(n *node) error {
+		switch n.typ {
+		case nar.TypeSymlink:
+			return w.Symlink(n.target)
+		case nar.TypeDirectory:
+			if err := w.StartDirectory(); err != nil {
+				return err
+			}
+			for _, k := range n.kids {
+				if err := w.Entry(k.name); err != nil {
+					return err
+				}
+				if err := emit(k); err != nil {
+					return err
+				}
+			}
+			return w.EndDirectory()
+		}
+		select {
+		case <-n.done:
+		case <-gctx.Done():
+			return gctx.Err()
+		}
+		if n.err != nil {
+			return n.err
+		}
+		if n.data != nil || n.size == 0 {
+			if err := w.RegularBytes(n.exec, n.data); err != nil {
+				return err
+			}
+			n.data = nil
+		} else {
+			f, err := os.Open(n.copy)
+			if err != nil {
+				return err
+			}
+			err = w.Regular(n.exec, n.size, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("%s: %w", n.rel, err)
+			}
+		}
+		<-tokens
+		prog.bytes(n.size)
+		prog.files(1)
+		return nil
+	}
+	err = emit(root)
+	if err == nil {
+		err = w.Close()
+	}
+	if err != nil {
+		cancel()
+	}
+	if gerr := g.Wait(); err == nil && gerr != nil {
+		err = gerr
+	}
+	if err != nil {
+		return sum, 0, err
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, w.Written(), nil
+}
+
+// skeleton creates the staged tree's directories and symlinks (disk mode);
+// the workers then fill in the files.
+func (it *item) skeleton(n *node) error {
+	p := it.treePath(n.rel)
+	switch n.typ {
+	case nar.TypeDirectory:
+		if err := os.Mkdir(p, 0o755); err != nil {
+			return err
+		}
+		for _, k := range n.kids {
+			if err := it.skeleton(k); err != nil {
+				return err
+			}
+		}
+	case nar.TypeSymlink:
+		return os.Symlink(n.target, p)
+	}
+	return nil
+}
+
+var errChanged = errors.New("file changed while it was being added")
+
+// readExact reads a file that must have exactly size bytes.
+func readExact(path string, size int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := make([]byte, size+1)
+	n, err := io.ReadFull(f, buf)
+	if int64(n) != size || (err != io.ErrUnexpectedEOF && err != io.EOF && size > 0) || (size == 0 && n != 0) {
+		if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: %w (size %d, read %d)", path, errChanged, size, n)
+	}
+	return buf[:size], nil
+}
+
+// ingestFile stores one regular file of an add: in blob mode as a blob
+// (written only if new), in disk mode into the staged tree.
+func (it *item) ingestFile(n *node) error {
+	if it.s.mode == ModeDisk {
+		return it.copyFile(n)
+	}
+	if n.size <= smallFile {
+		data, err := readExact(n.src, n.size)
+		if err != nil {
+			return err
+		}
+		k, err := nar.HashFile(n.exec, n.size, bytesReader(data))
+		if err != nil {
+			return err
+		}
+		n.key = k
+		if _, err := it.batch.PutBytes(k, n.exec, data); err != nil {
+			return err
+		}
+		n.data = data
+		return nil
+	}
+	f, err := os.Open(n.src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	k, err := nar.HashFile(n.exec, n.size, f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", n.src, err)
+	}
+	n.key = k
+	if need, err := it.batch.Need(k); err != nil {
+		return err
+	} else if need {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := it.batch.PutReader(k, n.exec, n.size, f); err != nil {
+			return fmt.Errorf("%s: %w", n.src, err)
+		}
+	}
+	n.copy = it.batch.Path(k)
+	return nil
+}
+
+// copyFile copies a file into the staged tree, canonical: mode 0444 or 0555,
+// mtime 1.
+func (it *item) copyFile(n *node) error {
+	dst := it.treePath(n.rel)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if n.size <= smallFile {
+		data, err := readExact(n.src, n.size)
+		if err != nil {
+			return err
+		}
+		if _, err := out.Write(data); err != nil {
+			return err
+		}
+		n.data = data
+	} else {
+		in, err := os.Open(n.src)
+		if err != nil {
+			return err
+		}
+		c, err := io.CopyN(out, in, n.size) // copy_file_range where possible
+		in.Close()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%s: %w (size %d, read %d)", n.src, errChanged, n.size, c)
+			}
+			return err
+		}
+		n.copy = dst
+	}
+	return canonFile(out, n.exec)
+}
+
+func fileMode(exec bool) os.FileMode {
+	if exec {
+		return 0o555
+	}
+	return 0o444
+}
+
+var mtime1 = []unix.Timespec{{Sec: 1}, {Sec: 1}}
+
+func canonFile(f *os.File, exec bool) error {
+	if err := f.Chmod(fileMode(exec)); err != nil {
+		return err
+	}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, f.Name(), mtime1, 0)
+}
+
+// canonTree makes a staged tree canonical bottom-up: directories 0555 and
+// symlinks and directories mtime 1 (files were done as they were written).
+// The root directory is left writable: renaming it into the store needs that;
+// finish canonicalises it after the rename.
+func (it *item) canonTree(n *node, isRoot bool) error {
+	p := it.treePath(n.rel)
+	switch n.typ {
+	case nar.TypeSymlink:
+		return unix.UtimesNanoAt(unix.AT_FDCWD, p, mtime1, unix.AT_SYMLINK_NOFOLLOW)
+	case nar.TypeDirectory:
+		for _, k := range n.kids {
+			if err := it.canonTree(k, false); err != nil {
+				return err
+			}
+		}
+		if isRoot {
+			return nil
+		}
+		return canonDir(p)
+	}
+	return nil
+}
+
+func canonDir(p string) error {
+	if err := os.Chmod(p, 0o555); err != nil {
+		return err
+	}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, mtime1, 0)
+}
+
+// finish makes the item valid: blob mode commits the staged blobs and
+// registers the tree; disk mode moves the staged tree into the store. Both
+// make the contents durable before registering.
+func (it *item) finish(root *node, info *registry.PathInfo) error {
+	s := it.s
+	info.RegistrationTime = time.Now()
+	if s.mode == ModeBlob {
+		if ok, err := s.reg.IsValid(info.Path); err != nil || ok {
+			return err
+		}
+		dirs := map[registry.Digest][]byte{}
+		info.Root = treeRecords(root, dirs)
+		if err := it.batch.Commit(); err != nil {
+			return err
+		}
+		if err := s.syncState(); err != nil {
+			return err
+		}
+		_, err := s.reg.Register([]registry.Registration{{Info: info, Dirs: dirs}})
+		return err
+	}
+
+	lock, err := s.lockPath(info.Path)
+	if err != nil {
+		return err
+	}
+	defer lock.unlock()
+	if ok, err := s.reg.IsValid(info.Path); err != nil || ok {
+		return err
+	}
+	if err := it.canonTree(root, true); err != nil {
+		return err
+	}
+	dst := filepath.Join(s.RealStoreDir(), info.Path)
+	if _, err := os.Lstat(dst); err == nil {
+		s.log.Warn("removing invalid leftover in the store", "path", dst)
+		if err := removeAll(dst); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(it.tree, dst); err != nil {
+		return err
+	}
+	switch root.typ {
+	case nar.TypeDirectory:
+		err = canonDir(dst)
+	case nar.TypeSymlink:
+		err = unix.UtimesNanoAt(unix.AT_FDCWD, dst, mtime1, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err == nil {
+		err = s.syncState()
+	}
+	if err == nil {
+		_, err = s.reg.Register([]registry.Registration{{Info: info}})
+	}
+	if err != nil {
+		removeAll(dst) // not valid, so nobody can depend on it
+	}
+	return err
+}

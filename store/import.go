@@ -1,0 +1,341 @@
+package store
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/wire"
+
+	"github.com/storefs/storefs/nar"
+	"github.com/storefs/storefs/registry"
+)
+
+// ImportOptions configure Import.
+type ImportOptions struct {
+	Name     string   // store path name (required)
+	Refs     []string // references: full store paths that must be valid
+	Progress *Progress
+}
+
+// Import reads one NAR from r (strictly: see package nar) and adds it as a
+// content-addressed item, like Add. A malformed archive is refused with an
+// error naming the offset and entry, and leaves the store as it was.
+func (s *Store) Import(ctx context.Context, r io.Reader, o ImportOptions) (string, error) {
+	if err := CheckName(o.Name); err != nil {
+		return "", err
+	}
+	refs, err := s.resolveRefs(o.Refs)
+	if err != nil {
+		return "", err
+	}
+	it, err := s.newItem()
+	if err != nil {
+		return "", err
+	}
+	defer it.discard()
+	root, sum, size, err := it.ingestNAR(ctx, nar.NewReader(r), o.Progress)
+	if err != nil {
+		return "", fmt.Errorf("import: %w", err)
+	}
+	p := MakeSourcePath(s.storeDir, sum, o.Name, s.fullPaths(refs))
+	info := &registry.PathInfo{
+		Path:       filepath.Base(p),
+		NarHash:    sum,
+		NarSize:    size,
+		References: refs,
+		CA:         "fixed:r:sha256:" + NixHash(sum)[len("sha256:"):],
+	}
+	if err := it.finish(root, info); err != nil {
+		return "", fmt.Errorf("import: %w", err)
+	}
+	return p, nil
+}
+
+// ingestNAR stores the nodes of an archive as they stream by (blobs, or the
+// staged tree) and re-encodes them into the NAR hasher. A strict reader only
+// accepts canonical archives, so the re-encoding equals the input bytes.
+func (it *item) ingestNAR(ctx context.Context, nr *nar.Reader, prog *Progress) (root *node, sum [32]byte, size int64, err error) {
+	h := sha256.New()
+	w := nar.NewWriter(h)
+	var stack []*node // open directories
+	closeTo := func(depth int) error {
+		for len(stack) > depth {
+			stack = stack[:len(stack)-1]
+			if err := w.EndDirectory(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, sum, 0, err
+		}
+		hdr, err := nr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, sum, 0, err
+		}
+		n := &node{rel: hdr.Path, typ: hdr.Type, exec: hdr.Executable, size: hdr.Size, target: hdr.LinkTarget}
+		if hdr.Path == "" {
+			root = n
+		} else {
+			_, name := path.Split(hdr.Path)
+			n.name = name
+			// the parent is open at depth = number of slashes + 1 (the root is 1)
+			if err := closeTo(strings.Count(hdr.Path, "/") + 1); err != nil {
+				return nil, sum, 0, err
+			}
+			parent := stack[len(stack)-1]
+			parent.kids = append(parent.kids, n)
+			if err := w.Entry(name); err != nil {
+				return nil, sum, 0, err
+			}
+		}
+		switch n.typ {
+		case nar.TypeDirectory:
+			if err := w.StartDirectory(); err != nil {
+				return nil, sum, 0, err
+			}
+			stack = append(stack, n)
+			if it.s.mode == ModeDisk {
+				if err := os.Mkdir(it.treePath(n.rel), 0o755); err != nil {
+					return nil, sum, 0, err
+				}
+			}
+		case nar.TypeSymlink:
+			if err := w.Symlink(n.target); err != nil {
+				return nil, sum, 0, err
+			}
+			if it.s.mode == ModeDisk {
+				if err := os.Symlink(n.target, it.treePath(n.rel)); err != nil {
+					return nil, sum, 0, err
+				}
+			}
+		case nar.TypeRegular:
+			if err := it.ingestStream(n, nr, w); err != nil {
+				return nil, sum, 0, err
+			}
+			prog.bytes(n.size)
+			prog.files(1)
+		}
+	}
+	if root == nil {
+		return nil, sum, 0, errors.New("empty archive")
+	}
+	if err := closeTo(0); err != nil {
+		return nil, sum, 0, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, sum, 0, err
+	}
+	copy(sum[:], h.Sum(nil))
+	return root, sum, w.Written(), nil
+}
+
+// ingestStream stores one regular file's contents from the archive and
+// feeds them to the NAR re-encoder.
+func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
+	if it.s.mode == ModeDisk {
+		dst := it.treePath(n.rel)
+		out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		if err := w.Regular(n.exec, n.size, io.TeeReader(nr, out)); err != nil {
+			return err
+		}
+		return canonFile(out, n.exec)
+	}
+	if n.size <= smallFile {
+		data := make([]byte, n.size)
+		if _, err := io.ReadFull(nr, data); err != nil {
+			return err
+		}
+		if err := w.RegularBytes(n.exec, data); err != nil {
+			return err
+		}
+		k, err := nar.HashFile(n.exec, n.size, bytesReader(data))
+		if err != nil {
+			return err
+		}
+		n.key = k
+		_, err = it.batch.PutBytes(k, n.exec, data)
+		return err
+	}
+	bw, err := it.batch.NewWriter(n.exec, n.size)
+	if err != nil {
+		return err
+	}
+	defer bw.Abort()
+	if err := w.Regular(n.exec, n.size, io.TeeReader(nr, bw)); err != nil {
+		return err
+	}
+	n.key, _, err = bw.Commit()
+	return err
+}
+
+// exportMagic marks the end of an item's NAR in a `nix-store --export` stream.
+const exportMagic = 0x4558494e
+
+// ImportBundle reads a `nix-store --export` stream (also Guix's, whose
+// trailing signature it ignores), adding each item under the path the
+// stream names, with its references and deriver. Each item's references must
+// be valid or come earlier in the stream. It returns the paths in stream
+// order.
+func (s *Store) ImportBundle(ctx context.Context, r io.Reader, prog *Progress) ([]string, error) {
+	br := bufio.NewReaderSize(r, 1<<16)
+	var out []string
+	for i := 1; ; i++ {
+		more, err := wire.ReadUint64(br)
+		if err != nil {
+			return out, fmt.Errorf("import bundle: item %d: reading marker: %w", i, eofIsTruncation(err))
+		}
+		if more == 0 {
+			break
+		}
+		if more != 1 {
+			return out, fmt.Errorf("import bundle: item %d: bad marker %d", i, more)
+		}
+		if sig, err := peekSignature(br); err != nil {
+			return out, fmt.Errorf("import bundle: item %d: %w", i, err)
+		} else if sig {
+			break // Guix: a trailing "(signature …)" instead of the end marker
+		}
+		p, err := s.importBundleItem(ctx, br, prog)
+		if err != nil {
+			return out, fmt.Errorf("import bundle: item %d: %w", i, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func eofIsTruncation(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// peekSignature reports whether the next token is a Guix signature string
+// rather than a NAR, and consumes it if so.
+func peekSignature(br *bufio.Reader) (bool, error) {
+	b, err := br.Peek(8 + len("(signature"))
+	if err != nil {
+		return false, nil // let the NAR reader report the truncation
+	}
+	if string(b[8:]) != "(signature" {
+		return false, nil
+	}
+	n := binary.LittleEndian.Uint64(b[:8])
+	if _, err := wire.ReadString(br, 1<<20); err != nil || n > 1<<20 {
+		return false, fmt.Errorf("reading trailing signature: %v", err)
+	}
+	return true, nil
+}
+
+func (s *Store) importBundleItem(ctx context.Context, br *bufio.Reader, prog *Progress) (string, error) {
+	it, err := s.newItem()
+	if err != nil {
+		return "", err
+	}
+	defer it.discard()
+	root, sum, size, err := it.ingestNAR(ctx, nar.NewEmbeddedReader(br), prog)
+	if err != nil {
+		return "", err
+	}
+	magic, err := wire.ReadUint64(br)
+	if err != nil {
+		return "", eofIsTruncation(err)
+	}
+	if magic != exportMagic {
+		return "", fmt.Errorf("bad export magic %#x after the NAR", magic)
+	}
+	full, err := wire.ReadString(br, 4096)
+	if err != nil {
+		return "", eofIsTruncation(err)
+	}
+	base, rel, err := SplitStorePath(s.storeDir, full)
+	if err != nil || rel != "" || full != s.FullPath(base) {
+		return "", fmt.Errorf("bad store path %q in bundle (this store's dir is %s)", full, s.storeDir)
+	}
+	nrefs, err := wire.ReadUint64(br)
+	if err != nil {
+		return "", eofIsTruncation(err)
+	}
+	if nrefs > 1<<20 {
+		return "", fmt.Errorf("%s: %d references is not plausible", full, nrefs)
+	}
+	var refs []string
+	for range nrefs {
+		rp, err := wire.ReadString(br, 4096)
+		if err != nil {
+			return "", eofIsTruncation(err)
+		}
+		rb, rrel, err := SplitStorePath(s.storeDir, rp)
+		if err != nil || rrel != "" {
+			return "", fmt.Errorf("%s: bad reference %q", full, rp)
+		}
+		refs = append(refs, rb)
+	}
+	deriver, err := wire.ReadString(br, 4096)
+	if err != nil {
+		return "", eofIsTruncation(err)
+	}
+	var deriverBase string
+	if deriver != "" {
+		db, drel, err := SplitStorePath(s.storeDir, deriver)
+		if err != nil || drel != "" {
+			return "", fmt.Errorf("%s: bad deriver %q", full, deriver)
+		}
+		deriverBase = db
+	}
+	hasSig, err := wire.ReadUint64(br)
+	if err != nil {
+		return "", eofIsTruncation(err)
+	}
+	if hasSig == 1 {
+		if _, err := wire.ReadString(br, 1<<20); err != nil {
+			return "", eofIsTruncation(err)
+		}
+	} else if hasSig != 0 {
+		return "", fmt.Errorf("%s: bad signature flag %d", full, hasSig)
+	}
+	// References must be valid (earlier items of the stream were registered
+	// already) or the item itself.
+	for _, ref := range refs {
+		if ref == base {
+			continue
+		}
+		if ok, err := s.reg.IsValid(ref); err != nil {
+			return "", err
+		} else if !ok {
+			return "", fmt.Errorf("%s: reference %s: %w", full, s.FullPath(ref), ErrNotValid)
+		}
+	}
+	info := &registry.PathInfo{Path: base, NarHash: sum, NarSize: size, References: sortedUnique(refs), Deriver: deriverBase}
+	if err := it.finish(root, info); err != nil {
+		return "", err
+	}
+	return full, nil
+}
+
+func sortedUnique(in []string) []string {
+	out := slices.Clone(in)
+	slices.Sort(out)
+	return slices.Compact(out)
+}

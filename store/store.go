@@ -1,0 +1,362 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/registry"
+)
+
+// Mode is how a store keeps item contents.
+type Mode string
+
+const (
+	// ModeBlob keeps each distinct file once in a hash-addressed blob area
+	// and each item's tree in the registry; FUSE presents it.
+	ModeBlob Mode = "blob"
+	// ModeDisk keeps items as real directories under <state>/store.
+	ModeDisk Mode = "disk"
+)
+
+// DefaultStoreDir is the logical store dir of a new store.
+const DefaultStoreDir = "/gnu/store"
+
+// Errors callers test with errors.Is.
+var (
+	ErrNoStore      = errors.New("no store here")
+	ErrExists       = errors.New("a store already exists here")
+	ErrNotValid     = registry.ErrNotValid
+	ErrLocked       = registry.ErrLocked
+	ErrUnsupported  = errors.New("unsupported file type")
+	ErrBadInput     = errors.New("bad input")
+	ErrNotDirectory = errors.New("not a directory")
+	ErrIsDirectory  = errors.New("is a directory")
+)
+
+// DefaultStateDir is $STOREFS_STATE, else /var/lib/storefs for root, else
+// $XDG_DATA_HOME/storefs (~/.local/share/storefs).
+func DefaultStateDir() string {
+	if d := os.Getenv("STOREFS_STATE"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/storefs"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "storefs")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "storefs-"+strconv.Itoa(os.Getuid()))
+	}
+	return filepath.Join(home, ".local", "share", "storefs")
+}
+
+// Options configure Init and Open.
+type Options struct {
+	Logger      *slog.Logger
+	LockTimeout time.Duration // registry lock wait; registry.DefaultTimeout when 0
+}
+
+// InitOptions are the settings fixed when a store is created.
+type InitOptions struct {
+	Mode     Mode
+	StoreDir string
+}
+
+// Store is an open store. It is safe for concurrent use.
+type Store struct {
+	state    string
+	storeDir string
+	mode     Mode
+	reg      *registry.Registry
+	blobs    *cas.Blobs
+	log      *slog.Logger
+
+	stage     string   // this process's staging dir under tmp/
+	stageLock *os.File // flock held while stage is in use
+}
+
+func (s *Store) registryPath() string { return filepath.Join(s.state, "registry.db") }
+func (s *Store) tmpDir() string       { return filepath.Join(s.state, "tmp") }
+func (s *Store) blobDir() string      { return filepath.Join(s.state, "blobs") }
+
+// RealStoreDir is where disk-mode items live (<state>/store).
+func (s *Store) RealStoreDir() string { return filepath.Join(s.state, "store") }
+
+// StateDir is the store's state dir.
+func (s *Store) StateDir() string { return s.state }
+
+// StoreDir is the logical store dir paths are named under.
+func (s *Store) StoreDir() string { return s.storeDir }
+
+// Mode is the store's mode.
+func (s *Store) Mode() Mode { return s.mode }
+
+// Registry gives access to the registry (for the daemon and the mount).
+func (s *Store) Registry() *registry.Registry { return s.reg }
+
+// Blobs is the blob area (blob mode).
+func (s *Store) Blobs() *cas.Blobs { return s.blobs }
+
+// Init creates a store in state (which may exist but must not hold a store).
+func Init(state string, io InitOptions, opts Options) (*Store, error) {
+	if io.Mode == "" {
+		io.Mode = ModeBlob
+	}
+	if io.Mode != ModeBlob && io.Mode != ModeDisk {
+		return nil, fmt.Errorf("unknown mode %q (want blob or disk)", io.Mode)
+	}
+	if io.StoreDir == "" {
+		io.StoreDir = DefaultStoreDir
+	}
+	if err := CheckStoreDir(io.StoreDir); err != nil {
+		return nil, err
+	}
+	state, err := filepath.Abs(state)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		return nil, err
+	}
+	regPath := filepath.Join(state, "registry.db")
+	if _, err := os.Stat(regPath); err == nil {
+		if r, err := registry.Open(regPath, registry.Options{Timeout: opts.LockTimeout}); err == nil {
+			return nil, fmt.Errorf("%s: %w (a %s store for %s)", state, ErrExists, r.Mode(), r.StoreDir())
+		}
+		return nil, fmt.Errorf("%s: %w", state, ErrExists)
+	}
+	dirs := []string{"tmp", "locks"}
+	if io.Mode == ModeBlob {
+		dirs = append(dirs, "blobs")
+	} else {
+		dirs = append(dirs, "store")
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(state, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := registry.Create(regPath, io.StoreDir, string(io.Mode), registry.Options{Timeout: opts.LockTimeout}); err != nil {
+		if errors.Is(err, registry.ErrExists) {
+			return nil, fmt.Errorf("%s: %w", state, ErrExists)
+		}
+		return nil, err
+	}
+	return Open(state, opts)
+}
+
+// Open opens the store in state. It removes staging leftovers of processes
+// that died.
+func Open(state string, opts Options) (*Store, error) {
+	state, err := filepath.Abs(state)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(state)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("state dir %s does not exist: %w (run `storefs init`)", state, ErrNoStore)
+		}
+		return nil, err
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("state dir %s: %w", state, ErrNotDirectory)
+	}
+	reg, err := registry.Open(filepath.Join(state, "registry.db"), registry.Options{Timeout: opts.LockTimeout})
+	if err != nil {
+		if errors.Is(err, registry.ErrNoRegistry) {
+			return nil, fmt.Errorf("%s: %w (run `storefs init`)", state, ErrNoStore)
+		}
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{state: state, storeDir: reg.StoreDir(), mode: Mode(reg.Mode()), reg: reg, log: log}
+	if s.mode != ModeBlob && s.mode != ModeDisk {
+		return nil, fmt.Errorf("%s: registry records unknown mode %q", state, s.mode)
+	}
+	if err := s.cleanTmp(); err != nil {
+		return nil, err
+	}
+	if err := s.openStage(); err != nil {
+		return nil, err
+	}
+	s.blobs = cas.NewBlobs(s.blobDir())
+	return s, nil
+}
+
+// Close removes this process's staging area.
+func (s *Store) Close() error {
+	if s.stageLock == nil {
+		return nil
+	}
+	err := removeAll(s.stage)
+	os.Remove(s.stage + ".lock")
+	s.stageLock.Close()
+	s.stageLock = nil
+	return err
+}
+
+// openStage creates tmp/<pid>-<n>/ and holds an flock on tmp/<pid>-<n>.lock
+// while the store is open, so that other processes know it is in use.
+func (s *Store) openStage() error {
+	for i := 0; i < 100; i++ {
+		name := filepath.Join(s.tmpDir(), fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()%1e9+int64(i)))
+		f, err := os.OpenFile(name+".lock", os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("staging area: %w", err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			os.Remove(name + ".lock")
+			continue
+		}
+		if err := os.Mkdir(name, 0o700); err != nil {
+			f.Close()
+			os.Remove(name + ".lock")
+			return fmt.Errorf("staging area: %w", err)
+		}
+		s.stage, s.stageLock = name, f
+		return nil
+	}
+	return errors.New("staging area: could not create a unique directory")
+}
+
+// cleanTmp removes staging dirs whose owner is gone (its lock file is not
+// locked, or missing).
+func (s *Store) cleanTmp() error {
+	ents, err := os.ReadDir(s.tmpDir())
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return os.MkdirAll(s.tmpDir(), 0o755)
+		}
+		return err
+	}
+	names := map[string]bool{}
+	for _, e := range ents {
+		names[e.Name()] = true
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasSuffix(n, ".lock") {
+			continue
+		}
+		p := filepath.Join(s.tmpDir(), n)
+		if names[n+".lock"] {
+			f, err := os.OpenFile(p+".lock", os.O_RDWR, 0)
+			if err != nil {
+				continue
+			}
+			if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+				f.Close() // owner alive
+				continue
+			}
+			s.log.Info("removing staging leftovers of a dead process", "dir", p)
+			removeAll(p)
+			os.Remove(p + ".lock")
+			f.Close()
+			continue
+		}
+		// a leftover without a lock file (a crash between the two steps)
+		removeAll(p)
+	}
+	for n := range names { // lock files whose directory is gone
+		if d, ok := strings.CutSuffix(n, ".lock"); ok && !names[d] {
+			p := filepath.Join(s.tmpDir(), n)
+			f, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				continue
+			}
+			if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+				os.Remove(p)
+			}
+			f.Close()
+		}
+	}
+	return nil
+}
+
+// removeAll is os.RemoveAll that first makes read-only directories (a
+// canonicalised item has 0555 directories) writable.
+func removeAll(p string) error {
+	err := os.RemoveAll(p)
+	if err == nil {
+		return nil
+	}
+	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(q, 0o755)
+		}
+		return nil
+	})
+	return os.RemoveAll(p)
+}
+
+// syncState makes everything written to the state dir's filesystem durable
+// (one syncfs instead of an fsync per file and directory).
+func (s *Store) syncState() error {
+	f, err := os.Open(s.state)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", s.state, err)
+	}
+	return nil
+}
+
+// FullPath turns a base name into a full store path.
+func (s *Store) FullPath(base string) string { return s.storeDir + "/" + base }
+
+// pathLock is a lock on one store path (disk mode), Nix style: the file
+// <state>/locks/<hash>.lock is flocked; the releaser unlinks it and writes a
+// deletion token ("d") so that a waiter that got the stale file retries.
+type pathLock struct{ f *os.File }
+
+func (s *Store) lockPath(base string) (*pathLock, error) {
+	p := filepath.Join(s.state, "locks", base[:HashPartLen]+".lock")
+	for {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("lock %s: %w", base, err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", base, err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if st.Size() != 0 { // stale: its holder deleted it
+			f.Close()
+			continue
+		}
+		return &pathLock{f: f}, nil
+	}
+}
+
+func (l *pathLock) unlock() {
+	os.Remove(l.f.Name())
+	l.f.Write([]byte("d"))
+	l.f.Close()
+}

@@ -1,0 +1,175 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/registry"
+)
+
+// VerifyOptions configure Verify.
+type VerifyOptions struct {
+	Contents bool // recompute every item's NAR hash and every blob's key
+	Progress *Progress
+}
+
+// VerifyReport lists what Verify found. Problems is empty for a sound store.
+type VerifyReport struct {
+	Paths    int      `json:"paths"`
+	Blobs    int      `json:"blobs,omitempty"`
+	Problems []string `json:"problems"`
+}
+
+// Verify checks the registry's invariants, that every valid path's contents
+// are present and, with Contents, that they hash to the registered NAR hash
+// and that every blob's content matches its name.
+func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, error) {
+	rep := &VerifyReport{Problems: []string{}}
+	var mu sync.Mutex
+	problem := func(format string, args ...any) {
+		mu.Lock()
+		rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}
+	probs, err := s.reg.Check()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range probs {
+		problem("registry: %s", p)
+	}
+	var infos []*registry.PathInfo
+	if err := s.reg.Walk(func(pi *registry.PathInfo) error { infos = append(infos, pi); return nil }); err != nil {
+		return nil, err
+	}
+	rep.Paths = len(infos)
+
+	// Presence.
+	blobsNamed := map[cas.Key]bool{}
+	for _, pi := range infos {
+		if s.mode == ModeDisk {
+			if _, err := os.Lstat(filepath.Join(s.RealStoreDir(), pi.Path)); err != nil {
+				problem("%s: contents missing: %v", s.FullPath(pi.Path), err)
+			}
+			continue
+		}
+		t, err := s.loadTree(pi)
+		if err != nil {
+			problem("%s: %v", s.FullPath(pi.Path), err)
+			continue
+		}
+		visitBlobs(t, pi.Root, func(k cas.Key) { blobsNamed[k] = true })
+	}
+	missing := map[cas.Key]bool{}
+	for k := range blobsNamed {
+		if ok, err := s.blobs.Has(k); err != nil {
+			return nil, err
+		} else if !ok {
+			missing[k] = true
+			problem("blob %s: missing", k)
+		}
+	}
+	if !o.Contents {
+		sortProblems(rep)
+		return rep, nil
+	}
+
+	// Contents: every item's NAR hash, then every blob's name.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for _, pi := range infos {
+		g.Go(func() error {
+			h := sha256.New()
+			cw := &countWriter{w: h}
+			if err := s.exportNAR(gctx, cw, pi); err != nil {
+				if gctx.Err() != nil {
+					return gctx.Err()
+				}
+				problem("%s: cannot read contents: %v", s.FullPath(pi.Path), err)
+				return nil
+			}
+			var sum [32]byte
+			copy(sum[:], h.Sum(nil))
+			if sum != pi.NarHash {
+				problem("%s: was modified! expected hash %s, got %s", s.FullPath(pi.Path), NixHash(pi.NarHash), NixHash(sum))
+			} else if cw.n != pi.NarSize {
+				problem("%s: NAR size %d, registered %d", s.FullPath(pi.Path), cw.n, pi.NarSize)
+			}
+			o.Progress.files(1)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if s.mode == ModeBlob {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(runtime.GOMAXPROCS(0))
+		err := s.blobs.Walk(func(k cas.Key, err error) error {
+			if err != nil {
+				problem("blob area: %v", err)
+				return nil
+			}
+			mu.Lock()
+			rep.Blobs++
+			mu.Unlock()
+			g.Go(func() error {
+				if gctx.Err() != nil {
+					return gctx.Err()
+				}
+				if err := s.blobs.Verify(k); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					problem("%v", err)
+				}
+				return nil
+			})
+			return nil
+		})
+		if werr := g.Wait(); err == nil {
+			err = werr
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	sortProblems(rep)
+	return rep, nil
+}
+
+func sortProblems(rep *VerifyReport) { sort.Strings(rep.Problems) }
+
+func visitBlobs(t *tree, n registry.Node, fn func(cas.Key)) {
+	switch n.Type {
+	case registry.TypeRegular:
+		if n.Size > 0 {
+			fn(cas.Key(n.Key))
+		}
+	case registry.TypeDirectory:
+		if d := t.dirs[n.Key]; d != nil {
+			for _, e := range d.Entries {
+				visitBlobs(t, e.Node, fn)
+			}
+		}
+	}
+}
+
+type countWriter struct {
+	w interface{ Write([]byte) (int, error) }
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

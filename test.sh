@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole storefs test suite: installs what the tests need when it is
+# missing (fuse3 for real mounts, nix-bin for comparisons against the real
+# nix-store), then runs every Go test, with the race detector, and a short
+# fuzz run of the NAR reader. Used as is by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${need[*]}" >&2
+    (apt-get install -y --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+      { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; })
+  else
+    echo "test.sh: ${need[*]} missing and cannot be installed (not root or no apt-get); the tests that need them will skip" >&2
+  fi
+fi
+
+go vet ./...
+go test -race -count=1 -timeout 8m ./...
+go test -run='^$' -fuzz=FuzzReader -fuzztime="${STOREFS_FUZZTIME:-15s}" ./nar/
