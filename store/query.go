@@ -3,7 +3,6 @@ package store
 import (
 	"fmt"
 	"time"
-
 )
 
 // Info is what `storefs info` shows about a valid path. Paths are full store
@@ -102,5 +101,3 @@ func (s *Store) IsValid(p string) (bool, error) {
 	}
 	return s.reg.IsValid(base)
 }
-
-
