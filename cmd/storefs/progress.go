@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"sync/atomic"
 
 	"github.com/schollz/progressbar/v3"
@@ -12,12 +13,13 @@ import (
 // otherwise it is inert. Scripts get clean output either way.
 type progress struct {
 	bar   *progressbar.ProgressBar
+	desc  string
 	files atomic.Int64
 	total int
 }
 
 func newProgress(g *globals, desc string, totalBytes int64, totalFiles int) *progress {
-	p := &progress{total: totalFiles}
+	p := &progress{desc: desc, total: totalFiles}
 	if !g.interactive() {
 		return p
 	}
@@ -42,8 +44,19 @@ func (p *progress) hooks() *store.Progress {
 	}
 	return &store.Progress{
 		Bytes: func(n int64) { p.bar.Add64(n) },
-		Files: func(n int) { p.files.Add(int64(n)) },
+		Files: func(n int) {
+			if f := p.files.Add(int64(n)); f%256 == 0 || int(f) == p.total {
+				p.bar.Describe(p.describe(f))
+			}
+		},
 	}
+}
+
+func (p *progress) describe(files int64) string {
+	if p.total > 0 {
+		return fmt.Sprintf("%s (%d/%d files)", p.desc, files, p.total)
+	}
+	return fmt.Sprintf("%s (%d files)", p.desc, files)
 }
 
 func (p *progress) done() {
