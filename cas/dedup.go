@@ -1,0 +1,207 @@
+package cas
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/storefs/storefs/nar"
+)
+
+// DedupOptions configure DedupTree.
+type DedupOptions struct {
+	MinSize int64 // files smaller than this are never linked
+	Workers int   // parallel hashers; 1 processes files in walk order
+	// Inodes, if set, holds inodes already linked to an entry (Nix's
+	// inodeHash); they are skipped without hashing, and inodes linked by
+	// this run are added. Shared between calls; DedupTree locks it.
+	Inodes *InodeSet
+}
+
+// InodeSet is a concurrency-safe set of inode numbers.
+type InodeSet struct {
+	mu sync.Mutex
+	m  map[uint64]bool
+}
+
+// NewInodeSet wraps m (which may be nil).
+func NewInodeSet(m map[uint64]bool) *InodeSet {
+	if m == nil {
+		m = map[uint64]bool{}
+	}
+	return &InodeSet{m: m}
+}
+
+func (s *InodeSet) has(ino uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[ino]
+}
+
+func (s *InodeSet) add(ino uint64) {
+	s.mu.Lock()
+	s.m[ino] = true
+	s.mu.Unlock()
+}
+
+// DedupStats count what a deduplication did. Errors are failures that were
+// counted and skipped: deduplication never fails the operation it serves.
+type DedupStats struct {
+	Files      int   `json:"filesConsidered"`
+	Linked     int   `json:"filesLinked"`
+	BytesFreed int64 `json:"bytesFreed"`
+	Canonical  int   `json:"newEntries"`
+	Already    int   `json:"alreadyLinked"`
+	Skipped    int   `json:"skipped"`
+	Writable   int   `json:"writableSkipped"`
+	Errors     int   `json:"errors"`
+}
+
+// Add accumulates o into s.
+func (s *DedupStats) Add(o DedupStats) {
+	s.Files += o.Files
+	s.Linked += o.Linked
+	s.BytesFreed += o.BytesFreed
+	s.Canonical += o.Canonical
+	s.Already += o.Already
+	s.Skipped += o.Skipped
+	s.Writable += o.Writable
+	s.Errors += o.Errors
+}
+
+// Count records one Canonicalize result.
+func (s *DedupStats) Count(r Result, err error) {
+	s.Files++
+	switch {
+	case err != nil:
+		s.Errors++
+	case r.Outcome == Linked:
+		s.Linked++
+		s.BytesFreed += r.Size
+	case r.Outcome == Canonical:
+		s.Canonical++
+	case r.Outcome == Already:
+		s.Already++
+	default:
+		s.Skipped++
+	}
+}
+
+type dedupFile struct {
+	path string
+	exec bool
+	size int64
+}
+
+// DedupTree deduplicates every regular file of at least MinSize bytes under
+// root (a store item, or the whole store: `.links` itself is skipped),
+// walking in sorted order. Symlinks and directories are never linked;
+// writable files are skipped with a warning (only immutable, registered
+// content may be linked). Errors on single files are logged and counted;
+// only a cancelled ctx stops the walk.
+func (l *Links) DedupTree(ctx context.Context, root string, o DedupOptions) (DedupStats, error) {
+	var st DedupStats
+	var files []dedupFile
+	var walk func(p string) error
+	walk = func(p string) error {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		switch {
+		case fi.IsDir():
+			if filepath.Clean(p) == l.dir {
+				return nil
+			}
+			ents, err := os.ReadDir(p)
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			for _, e := range ents {
+				if o.Inodes != nil && !e.IsDir() {
+					if info, err := e.Info(); err == nil && o.Inodes.has(inode(info)) {
+						continue
+					}
+				}
+				if err := walk(filepath.Join(p, e.Name())); err != nil {
+					return err
+				}
+			}
+		case fi.Mode().IsRegular():
+			if fi.Size() < o.MinSize {
+				return nil
+			}
+			if fi.Mode()&0o200 != 0 {
+				l.log.Warn("skipping suspicious writable file", "path", p)
+				st.Writable++
+				return nil
+			}
+			files = append(files, dedupFile{path: p, exec: fi.Mode()&0o100 != 0, size: fi.Size()})
+		}
+		return nil
+	}
+	if err := walk(root); err != nil {
+		return st, err
+	}
+	workers := max(o.Workers, 1)
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for _, f := range files {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			r, err := l.dedupFile(f)
+			if err != nil {
+				l.log.Warn("deduplication failed", "path", f.path, "err", err)
+			} else if o.Inodes != nil && r.Outcome != Skipped {
+				if fi, err := os.Lstat(f.path); err == nil {
+					o.Inodes.add(inode(fi))
+				}
+			}
+			mu.Lock()
+			st.Count(r, err)
+			mu.Unlock()
+			return nil
+		})
+	}
+	g.Wait()
+	return st, ctx.Err()
+}
+
+func (l *Links) dedupFile(f dedupFile) (Result, error) {
+	fd, err := os.OpenFile(f.path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return Result{Outcome: Skipped, Reason: "file vanished"}, nil
+		}
+		return Result{}, err
+	}
+	sum, err := nar.HashFile(f.exec, f.size, fd)
+	fd.Close()
+	if err != nil {
+		return Result{}, err
+	}
+	return l.Canonicalize(f.path, Key(sum))
+}
+
+func inode(fi os.FileInfo) uint64 {
+	if s, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return s.Ino
+	}
+	return 0
+}

@@ -1,0 +1,324 @@
+package cas
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultLinksMinSize is Guix's %deduplication-minimum-size: smaller files
+// are never linked.
+const DefaultLinksMinSize = 8192
+
+// TempLinkPrefix starts the names of temporary links made in `.links`.
+const TempLinkPrefix = ".tmp-link-"
+
+// maxAttempts bounds the retries of one Canonicalize (reference §1.8).
+const maxAttempts = 3
+
+// Links deduplicates files of a disk-mode store through hard links to
+// `<store>/.links/<key>`, Guix's canonicalize-with-link made race-safe:
+//
+//   - an entry created by another process (EEXIST) is used, not replaced;
+//   - ENOENT on the entry side is retried (at most maxAttempts times) only
+//     while `.links` exists; a path that vanished is skipped;
+//   - ENOSPC (full directory index) and EMLINK (link limit) skip the file;
+//   - a file already linked to its entry is left alone (no temp link, no
+//     rename: renaming between two links of one inode would leak the temp);
+//   - an entry of another size, or one that is not a regular file (the
+//     dangling-symlink loop of Guix bug#42023), is replaced, never linked to;
+//   - every existence check is lstat; temp names that collide are redrawn;
+//     the temp link is removed on every error path;
+//   - the directory holding the file is made writable only for the rename
+//     and gets its exact mode and times back, even on error, and the store
+//     directory itself is never chmodded.
+//
+// A Links is safe for concurrent use, also by several processes.
+type Links struct {
+	store string // canonical real store directory
+	dir   string // store/.links
+	sys   Sys
+	log   *slog.Logger
+}
+
+// NewLinks returns the `.links` deduplicator of the store directory
+// storeDir (a real directory; it is made canonical here so the "never chmod
+// the store" comparison is exact).
+func NewLinks(storeDir string, sys Sys, log *slog.Logger) (*Links, error) {
+	abs, err := filepath.Abs(storeDir)
+	if err != nil {
+		return nil, err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	if sys == nil {
+		sys = OS{}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Links{store: filepath.Clean(abs), dir: filepath.Join(abs, ".links"), sys: sys, log: log}, nil
+}
+
+// Dir is the `.links` directory.
+func (l *Links) Dir() string { return l.dir }
+
+// Entry is the path of the entry for key.
+func (l *Links) Entry(k Key) string { return filepath.Join(l.dir, k.String()) }
+
+// Outcome says what Canonicalize did.
+type Outcome int
+
+const (
+	// Skipped: nothing changed (vanished file, full directory, link limit,
+	// retries exhausted). Reason says why.
+	Skipped Outcome = iota
+	// Canonical: the file became the entry (it was the first of its content).
+	Canonical
+	// Linked: the file was replaced by a link to the existing entry.
+	Linked
+	// Already: the file was already a link to the entry.
+	Already
+)
+
+func (o Outcome) String() string {
+	return [...]string{"skipped", "canonical", "linked", "already linked"}[o]
+}
+
+// Result of one Canonicalize.
+type Result struct {
+	Outcome Outcome
+	Reason  string // for Skipped
+	Size    int64  // the file's size (bytes freed when Linked)
+}
+
+func is(err error, errno syscall.Errno) bool { return errors.Is(err, errno) }
+
+func skipped(reason string, size int64) (Result, error) {
+	return Result{Outcome: Skipped, Reason: reason, Size: size}, nil
+}
+
+// Canonicalize makes path (a regular, read-only file of an item whose
+// single-file NAR hash is key) share its inode with the `.links` entry of
+// key. Only unexpected errors (EIO, EACCES, ...) are returned; the races and
+// limits above end in a Result. On any outcome path's contents are intact.
+func (l *Links) Canonicalize(path string, key Key) (Result, error) {
+	entry := l.Entry(key)
+	var size int64
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		st, err := l.sys.Lstat(path)
+		if err != nil {
+			if is(err, unix.ENOENT) || is(err, unix.ENOTDIR) {
+				return skipped("file vanished", size)
+			}
+			return Result{}, err
+		}
+		if !st.Mode().IsRegular() {
+			return skipped("not a regular file", size)
+		}
+		size = st.Size()
+		est, err := l.sys.Lstat(entry)
+		if err != nil && !is(err, unix.ENOENT) {
+			return Result{}, err
+		}
+		if err != nil { // no entry yet: ours becomes it
+			err = l.sys.Link(path, entry)
+			switch {
+			case err == nil:
+				return Result{Outcome: Canonical, Size: size}, nil
+			case is(err, unix.EEXIST): // another process won: use theirs
+				continue
+			case is(err, unix.ENOENT):
+				if _, derr := l.sys.Lstat(l.dir); derr != nil && is(derr, unix.ENOENT) {
+					if merr := l.sys.Mkdir(l.dir, 0o755); merr != nil && !is(merr, unix.EEXIST) {
+						return Result{}, merr
+					}
+					continue
+				}
+				return skipped("file vanished", size)
+			case is(err, unix.ENOSPC):
+				return skipped("no space in .links (directory index full?)", size)
+			case is(err, unix.EMLINK):
+				return skipped("too many links", size)
+			}
+			return Result{}, err
+		}
+		if sameFile(st, est) {
+			return Result{Outcome: Already, Size: size}, nil
+		}
+		if !est.Mode().IsRegular() || est.Size() != st.Size() {
+			l.log.Warn("removing corrupted link", "entry", entry, "size", est.Size(), "want", st.Size(), "mode", est.Mode())
+			if err := l.sys.Unlink(entry); err != nil && !is(err, unix.ENOENT) {
+				return Result{}, err
+			}
+			continue
+		}
+		tmp, res, err := l.tempLink(entry, size)
+		if err != nil || res != nil {
+			if res != nil && res.Reason == "entry vanished" {
+				continue
+			}
+			if res != nil {
+				return *res, nil
+			}
+			return Result{}, err
+		}
+		err = l.withWritableDir(filepath.Dir(path), func() error { return l.sys.Rename(tmp, path) })
+		if err != nil {
+			l.sys.Unlink(tmp)
+			if is(err, unix.EMLINK) {
+				return skipped("too many links (rename)", size)
+			}
+			if is(err, unix.ENOENT) {
+				return skipped("file vanished", size)
+			}
+			return Result{}, err
+		}
+		return Result{Outcome: Linked, Size: size}, nil
+	}
+	return skipped("retries exhausted", size)
+}
+
+// tempLink links entry to a fresh temporary name in `.links`. A collision
+// (a stale temp link of a crashed process, a reused pid) draws a new name.
+func (l *Links) tempLink(entry string, size int64) (string, *Result, error) {
+	pid := strconv.Itoa(os.Getpid())
+	for range 16 {
+		tmp := filepath.Join(l.dir, TempLinkPrefix+pid+"-"+strconv.FormatUint(rand.Uint64(), 36))
+		err := l.sys.Link(entry, tmp)
+		switch {
+		case err == nil:
+			return tmp, nil, nil
+		case is(err, unix.EEXIST):
+			continue
+		case is(err, unix.ENOENT): // a collector pruned the entry meanwhile
+			return "", &Result{Outcome: Skipped, Reason: "entry vanished", Size: size}, nil
+		case is(err, unix.ENOSPC):
+			return "", &Result{Outcome: Skipped, Reason: "no space in .links (directory index full?)", Size: size}, nil
+		case is(err, unix.EMLINK):
+			return "", &Result{Outcome: Skipped, Reason: "too many links", Size: size}, nil
+		default:
+			return "", nil, err
+		}
+	}
+	return "", &Result{Outcome: Skipped, Reason: "no free temporary name", Size: size}, nil
+}
+
+// withWritableDir runs fn with dir writable by its owner, then restores
+// dir's exact mode and times, even if fn failed. The store directory itself
+// is never touched.
+func (l *Links) withWritableDir(dir string, fn func() error) error {
+	if filepath.Clean(dir) == l.store {
+		return fn()
+	}
+	st, err := l.sys.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	mode := st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	if mode&0o200 == 0 {
+		if err := l.sys.Chmod(dir, mode|0o200); err != nil {
+			return err
+		}
+	}
+	ferr := fn()
+	var rerr error
+	if mode&0o200 == 0 {
+		rerr = l.sys.Chmod(dir, mode)
+	}
+	atime, mtime := fileTimes(st)
+	if err := l.sys.Utimes(dir, atime, mtime); rerr == nil {
+		rerr = err
+	}
+	if ferr != nil {
+		return ferr
+	}
+	if rerr != nil {
+		return fmt.Errorf("restoring %s: %w", dir, rerr)
+	}
+	return nil
+}
+
+func sameFile(a, b os.FileInfo) bool {
+	sa, ok1 := a.Sys().(*syscall.Stat_t)
+	sb, ok2 := b.Sys().(*syscall.Stat_t)
+	return ok1 && ok2 && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+func fileTimes(st os.FileInfo) (atime, mtime int64) {
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return s.Atim.Nano(), s.Mtim.Nano()
+	}
+	return st.ModTime().UnixNano(), st.ModTime().UnixNano()
+}
+
+// LinkExisting makes dst a new link to key's entry if the entry exists, is
+// a regular file of the given size and has the canonical mode for exec
+// (0555 or 0444). It reports whether it linked; false means the caller
+// should write dst itself. This is how an add avoids writing bytes the
+// store already has.
+func (l *Links) LinkExisting(key Key, size int64, exec bool, dst string) (bool, error) {
+	entry := l.Entry(key)
+	est, err := l.sys.Lstat(entry)
+	if err != nil {
+		if is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, err
+	}
+	want := fs.FileMode(0o444)
+	if exec {
+		want = 0o555
+	}
+	if !est.Mode().IsRegular() || est.Size() != size || est.Mode().Perm() != want {
+		return false, nil
+	}
+	err = l.sys.Link(entry, dst)
+	switch {
+	case err == nil:
+		return true, nil
+	case is(err, unix.ENOENT), is(err, unix.EMLINK), is(err, unix.ENOSPC):
+		return false, nil // pruned meanwhile, or at the link limit: write it
+	}
+	return false, err
+}
+
+// Inodes returns the inode numbers of every `.links` entry (Nix's
+// inodeHash): files with these inodes are already deduplicated.
+func (l *Links) Inodes() (map[uint64]bool, error) {
+	f, err := os.Open(l.dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return map[uint64]bool{}, nil
+		}
+		return nil, err
+	}
+	defer f.Close()
+	inodes := map[uint64]bool{}
+	buf := make([]byte, 1<<16)
+	for {
+		n, err := unix.ReadDirent(int(f.Fd()), buf)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return inodes, nil
+		}
+		for b := buf[:n]; len(b) > 0; {
+			reclen := int(uint16(b[16]) | uint16(b[17])<<8)
+			ino := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+				uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+			inodes[ino] = true
+			b = b[reclen:]
+		}
+	}
+}
