@@ -107,6 +107,12 @@ type dedupFile struct {
 // content may be linked). Errors on single files are logged and counted;
 // only a cancelled ctx stops the walk.
 func (l *Links) DedupTree(ctx context.Context, root string, o DedupOptions) (DedupStats, error) {
+	return l.DedupTrees(ctx, []string{root}, o)
+}
+
+// DedupTrees is DedupTree over several roots, all walked first, then
+// hashed and linked by one pool of o.Workers.
+func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) (DedupStats, error) {
 	var st DedupStats
 	var files []dedupFile
 	var walk func(p string) error
@@ -153,8 +159,10 @@ func (l *Links) DedupTree(ctx context.Context, root string, o DedupOptions) (Ded
 		}
 		return nil
 	}
-	if err := walk(root); err != nil {
-		return st, err
+	for _, root := range roots {
+		if err := walk(root); err != nil {
+			return st, err
+		}
 	}
 	workers := max(o.Workers, 1)
 	var mu sync.Mutex

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -76,6 +77,11 @@ type PathInfo struct {
 
 var errCorrupt = errors.New("registry: corrupt value")
 
+// validName is the NAR rule for entry names.
+func validName(n string) bool {
+	return n != "" && n != "." && n != ".." && !strings.ContainsAny(n, "/\x00")
+}
+
 // ---- keys ----
 
 func refKey(from, to string) []byte {
@@ -122,7 +128,7 @@ func (d *dec) uvarint() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
+	if n <= 0 || n != len(binary.AppendUvarint(nil, v)) { // minimal encodings only: one value, one digest
 		d.fail()
 		return 0
 	}
@@ -135,7 +141,7 @@ func (d *dec) varint() int64 {
 		return 0
 	}
 	v, n := binary.Varint(d.b)
-	if n <= 0 {
+	if n <= 0 || n != len(binary.AppendVarint(nil, v)) {
 		d.fail()
 		return 0
 	}
@@ -284,7 +290,7 @@ func DecodeDirectory(v []byte) (*Directory, error) {
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		name := d.str()
 		node := d.node()
-		if d.err == nil && (name == "" || (i > 0 && name <= prev) || node.Type == 0) {
+		if d.err == nil && (!validName(name) || (i > 0 && name <= prev) || node.Type == 0) {
 			d.fail()
 		}
 		prev = name

@@ -47,9 +47,10 @@ type Registry struct {
 	storeDir string
 	mode     string
 
-	mu   sync.Mutex
+	// mu guards held: transactions on the held database run under the read
+	// lock, so Release (write lock) waits for them.
+	mu   sync.RWMutex
 	held *bolt.DB // non-nil while Hold is in effect
-	refs int      // transactions running on held
 }
 
 // Create makes a new registry file at path for a store with the given
@@ -175,12 +176,12 @@ func (r *Registry) open(readOnly bool) (*bolt.DB, error) {
 
 // with runs fn on the held database, or on one opened for this call only.
 func (r *Registry) with(readOnly bool, fn func(*bolt.DB) error) error {
-	r.mu.Lock()
+	r.mu.RLock()
 	if db := r.held; db != nil {
-		r.mu.Unlock()
+		defer r.mu.RUnlock()
 		return fn(db)
 	}
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	db, err := r.open(readOnly)
 	if err != nil {
 		return err
@@ -198,6 +199,27 @@ func (r *Registry) view(fn func(*bolt.Tx) error) error {
 
 func (r *Registry) update(fn func(*bolt.Tx) error) error {
 	return r.with(false, func(db *bolt.DB) error { return db.Update(fn) })
+}
+
+// Setting returns a store setting recorded with SetSetting ("" and false
+// when absent).
+func (r *Registry) Setting(key string) (string, bool, error) {
+	var v []byte
+	err := r.view(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMeta).Get(settingKey(key)); b != nil {
+			v = append([]byte{}, b...)
+		}
+		return nil
+	})
+	return string(v), v != nil, err
+}
+
+// SetSetting records a store setting (e.g. the `.links` threshold) in the
+// meta bucket.
+func (r *Registry) SetSetting(key, value string) error {
+	return r.update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(settingKey(key), []byte(value))
+	})
 }
 
 // ---- queries ----

@@ -13,6 +13,7 @@
 //	meta      : "schema"   -> uvarint schema version (SchemaVersion)
 //	            "storeDir" -> the logical store dir, e.g. "/gnu/store"
 //	            "mode"     -> "blob" or "disk"
+//	            "setting:<name>" -> a store setting, e.g. "setting:linksMinSize" -> "8192"
 //	paths     : <base name>                     -> PathInfo (version byte first)
 //	refs      : <referrer> 0x00 <reference>     -> empty   (prefix scan = references)
 //	referrers : <reference> 0x00 <referrer>     -> empty   (prefix scan = referrers)

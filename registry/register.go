@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -33,6 +34,19 @@ func (r *Registry) Register(batch []Registration) (added []string, err error) {
 	if err := checkAcyclic(inBatch); err != nil {
 		return nil, err
 	}
+	for _, reg := range batch {
+		if r.mode == "blob" && reg.Info.Root.Type == 0 {
+			return nil, fmt.Errorf("register %s: blob-mode path without a tree", reg.Info.Path)
+		}
+		for d, v := range reg.Dirs {
+			if sha256.Sum256(v) != d {
+				return nil, fmt.Errorf("register %s: directory record %x stored under another digest", reg.Info.Path, d[:8])
+			}
+			if _, err := DecodeDirectory(v); err != nil {
+				return nil, fmt.Errorf("register %s: %w", reg.Info.Path, err)
+			}
+		}
+	}
 	err = r.update(func(tx *bolt.Tx) error {
 		added = added[:0]
 		paths := tx.Bucket(bucketPaths)
@@ -59,6 +73,11 @@ func (r *Registry) Register(batch []Registration) (added []string, err error) {
 					return err
 				}
 			}
+			if pi.Root.Type == TypeDirectory {
+				if err := treeComplete(dirs, pi.Root.Key); err != nil {
+					return fmt.Errorf("register %s: %w", pi.Path, err)
+				}
+			}
 			if err := paths.Put(name, encodePathInfo(pi)); err != nil {
 				return err
 			}
@@ -78,6 +97,35 @@ func (r *Registry) Register(batch []Registration) (added []string, err error) {
 		return nil, err
 	}
 	return added, nil
+}
+
+// treeComplete checks that every directory record of a tree is stored.
+func treeComplete(dirs *bolt.Bucket, root Digest) error {
+	seen := map[Digest]bool{}
+	var walk func(d Digest) error
+	walk = func(d Digest) error {
+		if seen[d] {
+			return nil
+		}
+		seen[d] = true
+		v := dirs.Get(d[:])
+		if v == nil {
+			return fmt.Errorf("%x: %w", d[:8], ErrMissingDirectory)
+		}
+		dir, err := DecodeDirectory(v)
+		if err != nil {
+			return err
+		}
+		for _, e := range dir.Entries {
+			if e.Type == TypeDirectory {
+				if err := walk(e.Key); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(root)
 }
 
 func checkAcyclic(batch map[string]*PathInfo) error {
@@ -122,70 +170,86 @@ func (p Problem) String() string { return p.Path + ": " + p.Msg }
 // valid path names present and decodable. It returns the problems found.
 func (r *Registry) Check() ([]Problem, error) {
 	var probs []Problem
-	err := r.view(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
-			probs = append(probs, Problem{"registry.db", err.Error()})
+	// bbolt's tx.Check is only safe without concurrent writers: run it in a
+	// write transaction (rolled back), which excludes them.
+	err := r.with(false, func(db *bolt.DB) error {
+		tx, err := db.Begin(true)
+		if err != nil {
+			return err
 		}
-		paths := tx.Bucket(bucketPaths)
-		valid := func(n []byte) bool { return paths.Get(n) != nil }
-		mirror := func(b, other *bolt.Bucket, what string) {
-			b.ForEach(func(k, _ []byte) error {
-				from, to, ok := bytes.Cut(k, []byte{0})
-				if !ok {
-					probs = append(probs, Problem{string(k), "malformed " + what + " key"})
-					return nil
-				}
-				if !valid(from) {
-					probs = append(probs, Problem{string(from), what + " entry for a path that is not valid"})
-				}
-				if !valid(to) {
-					probs = append(probs, Problem{string(from), what + " names " + string(to) + ", which is not valid"})
-				}
-				if other.Get(refKey(string(to), string(from))) == nil {
-					probs = append(probs, Problem{string(from), what + " to " + string(to) + " has no mirror entry"})
-				}
-				return nil
-			})
-		}
-		mirror(tx.Bucket(bucketRefs), tx.Bucket(bucketReferrers), "reference")
-		mirror(tx.Bucket(bucketReferrers), tx.Bucket(bucketRefs), "referrer")
-		seen := map[Digest]bool{}
-		var walk func(path string, d Digest)
-		walk = func(path string, d Digest) {
-			if seen[d] {
-				return
-			}
-			seen[d] = true
-			dir, err := getDirectory(tx, d)
-			if err != nil {
-				probs = append(probs, Problem{path, err.Error()})
-				return
-			}
-			for _, e := range dir.Entries {
-				if e.Type == TypeDirectory {
-					walk(path, e.Key)
-				}
-			}
-		}
-		return paths.ForEach(func(k, v []byte) error {
-			pi, err := decodePathInfo(string(k), v)
-			if err != nil {
-				probs = append(probs, Problem{string(k), err.Error()})
-				return nil
-			}
-			if r.mode == "blob" {
-				switch pi.Root.Type {
-				case TypeDirectory:
-					walk(pi.Path, pi.Root.Key)
-				case 0:
-					probs = append(probs, Problem{pi.Path, "no tree recorded"})
-				}
-			}
-			return nil
-		})
+		defer tx.Rollback()
+		return checkTx(r, tx, &probs)
 	})
 	slices.SortFunc(probs, func(a, b Problem) int { return bytes.Compare([]byte(a.Path), []byte(b.Path)) })
 	return probs, err
+}
+
+func checkTx(r *Registry, tx *bolt.Tx, out *[]Problem) error {
+	var probs []Problem
+	defer func() { *out = probs }()
+	for err := range tx.Check() {
+		probs = append(probs, Problem{"registry.db", err.Error()})
+	}
+	paths := tx.Bucket(bucketPaths)
+	valid := func(n []byte) bool { return paths.Get(n) != nil }
+	mirror := func(b, other *bolt.Bucket, what string) {
+		b.ForEach(func(k, _ []byte) error {
+			from, to, ok := bytes.Cut(k, []byte{0})
+			if !ok {
+				probs = append(probs, Problem{string(k), "malformed " + what + " key"})
+				return nil
+			}
+			if !valid(from) {
+				probs = append(probs, Problem{string(from), what + " entry for a path that is not valid"})
+			}
+			if !valid(to) {
+				probs = append(probs, Problem{string(from), what + " names " + string(to) + ", which is not valid"})
+			}
+			if other.Get(refKey(string(to), string(from))) == nil {
+				probs = append(probs, Problem{string(from), what + " to " + string(to) + " has no mirror entry"})
+			}
+			return nil
+		})
+	}
+	mirror(tx.Bucket(bucketRefs), tx.Bucket(bucketReferrers), "reference")
+	mirror(tx.Bucket(bucketReferrers), tx.Bucket(bucketRefs), "referrer")
+	seen := map[Digest]bool{}
+	var walk func(path string, d Digest)
+	walk = func(path string, d Digest) {
+		if seen[d] {
+			return
+		}
+		seen[d] = true
+		if v := tx.Bucket(bucketDirs).Get(d[:]); v != nil && sha256.Sum256(v) != d {
+			probs = append(probs, Problem{path, fmt.Sprintf("directory record %x is stored under another digest", d[:8])})
+		}
+		dir, err := getDirectory(tx, d)
+		if err != nil {
+			probs = append(probs, Problem{path, err.Error()})
+			return
+		}
+		for _, e := range dir.Entries {
+			if e.Type == TypeDirectory {
+				walk(path, e.Key)
+			}
+		}
+	}
+	return paths.ForEach(func(k, v []byte) error {
+		pi, err := decodePathInfo(string(k), v)
+		if err != nil {
+			probs = append(probs, Problem{string(k), err.Error()})
+			return nil
+		}
+		if r.mode == "blob" {
+			switch pi.Root.Type {
+			case TypeDirectory:
+				walk(pi.Path, pi.Root.Key)
+			case 0:
+				probs = append(probs, Problem{pi.Path, "no tree recorded"})
+			}
+		}
+		return nil
+	})
 }
 
 // Walk calls fn for every valid path's PathInfo (references not filled in),

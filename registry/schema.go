@@ -21,3 +21,6 @@ var (
 	metaStoreDir = []byte("storeDir")
 	metaMode     = []byte("mode")
 )
+
+// settingKey is the meta key of a store setting: "setting:<name>".
+func settingKey(name string) []byte { return []byte("setting:" + name) }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +56,10 @@ type AddOptions struct {
 	Name     string   // store path name; the source's base name when empty
 	Refs     []string // references: full store paths that must be valid
 	Progress *Progress
+	// NoDedup (disk mode) adds without `.links` deduplication.
+	NoDedup bool
+	// Dedup, if set, receives what deduplication did (disk mode).
+	Dedup *cas.DedupStats
 }
 
 // SourceStats describe a source tree (for progress bars).
@@ -79,16 +85,21 @@ type item struct {
 	dir   string     // staging dir of this item
 	tree  string     // disk mode: where the tree is built (dir/tree)
 	batch *cas.Batch // blob mode: new blobs
+
+	dedup   bool // disk mode: deduplicate through .links while adding
+	statsMu sync.Mutex
+	stats   cas.DedupStats
+	pending []*node // files to canonicalise through .links once the item is complete
 }
 
 var itemSeq atomic.Int64
 
-func (s *Store) newItem() (*item, error) {
+func (s *Store) newItem(noDedup bool) (*item, error) {
 	dir := filepath.Join(s.stage, fmt.Sprintf("item-%d", itemSeq.Add(1)))
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, err
 	}
-	it := &item{s: s, dir: dir, tree: filepath.Join(dir, "tree")}
+	it := &item{s: s, dir: dir, tree: filepath.Join(dir, "tree"), dedup: s.links != nil && !noDedup}
 	if s.mode == ModeBlob {
 		b, err := s.blobs.NewBatch(filepath.Join(dir, "blobs"))
 		if err != nil {
@@ -193,11 +204,14 @@ func (s *Store) Add(ctx context.Context, src string, o AddOptions) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
 	}
-	it, err := s.newItem()
+	it, err := s.newItem(o.NoDedup)
 	if err != nil {
 		return "", err
 	}
 	defer it.discard()
+	if o.Dedup != nil {
+		defer func() { o.Dedup.Add(it.stats) }()
+	}
 	sum, size, err := it.ingestTree(ctx, root, files, o.Progress)
 	if err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
@@ -417,37 +431,140 @@ func (it *item) ingestFile(n *node) error {
 }
 
 // copyFile copies a file into the staged tree, canonical: mode 0444 or 0555,
-// mtime 1.
+// mtime 1. With deduplication, a file whose `.links` entry exists becomes a
+// link to it without its bytes being written, and a new one becomes the
+// entry (or a link, if another process made the entry meanwhile).
 func (it *item) copyFile(n *node) error {
 	dst := it.treePath(n.rel)
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
+	dedup := it.dedup && n.size >= it.s.linksMin
 	if n.size <= smallFile {
 		data, err := readExact(n.src, n.size)
 		if err != nil {
 			return err
 		}
-		if _, err := out.Write(data); err != nil {
+		n.data = data
+		if dedup {
+			k, _ := nar.HashFile(n.exec, n.size, bytesReader(data))
+			n.key = k
+			if it.linkExisting(n, dst) {
+				return nil
+			}
+		}
+		if err := writeFile(dst, n.exec, data); err != nil {
 			return err
 		}
-		n.data = data
 	} else {
+		n.copy = dst
+		if !dedup {
+			return copyFile(dst, n, nil)
+		}
 		in, err := os.Open(n.src)
 		if err != nil {
 			return err
 		}
-		c, err := io.CopyN(out, in, n.size) // copy_file_range where possible
+		k, err := nar.HashFile(n.exec, n.size, in)
 		in.Close()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("%s: %w (size %d, read %d)", n.src, errChanged, n.size, c)
-			}
+			return fmt.Errorf("%s: %w", n.src, err)
+		}
+		n.key = k
+		if it.linkExisting(n, dst) {
+			return nil
+		}
+		h := sha256.New()
+		h.Write(nar.RegularPrefix(n.exec, n.size))
+		if err := copyFile(dst, n, h); err != nil {
 			return err
 		}
-		n.copy = dst
+		h.Write(nar.RegularSuffix(n.size))
+		if !bytes.Equal(h.Sum(nil), k[:]) {
+			return fmt.Errorf("%s: %w", n.src, errChanged)
+		}
+	}
+	if dedup {
+		it.pendingLink(n)
+	}
+	return nil
+}
+
+// linkExisting makes dst a link to n's `.links` entry if there is one.
+func (it *item) linkExisting(n *node, dst string) bool {
+	ok, err := it.s.links.LinkExisting(n.key, n.size, n.exec, dst)
+	if err != nil {
+		it.s.log.Warn("linking to an existing .links entry failed", "path", n.rel, "err", err)
+		it.count(cas.Result{}, err)
+		return false
+	}
+	if ok {
+		it.count(cas.Result{Outcome: cas.Linked, Size: n.size}, nil)
+	}
+	return ok
+}
+
+// pendingLink queues a staged file for canonicalisation in finish: new
+// `.links` entries appear only for items that were read completely, so a
+// refused import or a failed add leaves `.links` as it was.
+func (it *item) pendingLink(n *node) {
+	it.statsMu.Lock()
+	it.pending = append(it.pending, n)
+	it.statsMu.Unlock()
+}
+
+// linkPending canonicalises the queued files. Failures are counted, never
+// returned: deduplication never fails an add.
+func (it *item) linkPending() {
+	for _, n := range it.pending {
+		r, err := it.s.links.Canonicalize(it.treePath(n.rel), n.key)
+		if err != nil {
+			it.s.log.Warn("deduplication failed", "path", n.rel, "err", err)
+		}
+		it.count(r, err)
+	}
+	it.pending = nil
+}
+
+func (it *item) count(r cas.Result, err error) {
+	it.statsMu.Lock()
+	it.stats.Count(r, err)
+	it.statsMu.Unlock()
+}
+
+func writeFile(dst string, exec bool, data []byte) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if _, err := out.Write(data); err != nil {
+		return err
+	}
+	return canonFile(out, exec)
+}
+
+// copyFile copies n.src to dst (copy_file_range where possible, or through
+// h when a hash of the bytes written is wanted).
+func copyFile(dst string, n *node, h io.Writer) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	in, err := os.Open(n.src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	var c int64
+	if h != nil {
+		c, err = io.CopyN(io.MultiWriter(out, h), in, n.size)
+	} else {
+		c, err = io.CopyN(out, in, n.size)
+	}
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: %w (size %d, read %d)", n.src, errChanged, n.size, c)
+		}
+		return err
 	}
 	return canonFile(out, n.exec)
 }
@@ -508,6 +625,9 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 		if ok, err := s.reg.IsValid(info.Path); err != nil || ok {
 			return err
 		}
+		if err := s.addTempRoot(info.Path); err != nil {
+			return err
+		}
 		dirs := map[registry.Digest][]byte{}
 		info.Root = treeRecords(root, dirs)
 		if err := it.batch.Commit(); err != nil {
@@ -528,6 +648,13 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 	if ok, err := s.reg.IsValid(info.Path); err != nil || ok {
 		return err
 	}
+	// Temp-root the path before it appears in the store, until it is
+	// registered (the finalize-store-file fix): a collector running between
+	// the rename and the registration must not delete it.
+	if err := s.addTempRoot(info.Path); err != nil {
+		return err
+	}
+	it.linkPending()
 	if err := it.canonTree(root, true); err != nil {
 		return err
 	}

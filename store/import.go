@@ -16,6 +16,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/wire"
 
+	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/nar"
 	"github.com/storefs/storefs/registry"
 )
@@ -25,6 +26,8 @@ type ImportOptions struct {
 	Name     string   // store path name (required)
 	Refs     []string // references: full store paths that must be valid
 	Progress *Progress
+	NoDedup  bool            // disk mode: no `.links` deduplication
+	Dedup    *cas.DedupStats // if set, receives what deduplication did
 }
 
 // Import reads one NAR from r (strictly: see package nar) and adds it as a
@@ -38,11 +41,14 @@ func (s *Store) Import(ctx context.Context, r io.Reader, o ImportOptions) (strin
 	if err != nil {
 		return "", err
 	}
-	it, err := s.newItem()
+	it, err := s.newItem(o.NoDedup)
 	if err != nil {
 		return "", err
 	}
 	defer it.discard()
+	if o.Dedup != nil {
+		defer func() { o.Dedup.Add(it.stats) }()
+	}
 	root, sum, size, err := it.ingestNAR(ctx, nar.NewReader(r), o.Progress)
 	if err != nil {
 		return "", fmt.Errorf("import: %w", err)
@@ -149,16 +155,7 @@ func (it *item) ingestNAR(ctx context.Context, nr *nar.Reader, prog *Progress) (
 // feeds them to the NAR re-encoder.
 func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 	if it.s.mode == ModeDisk {
-		dst := it.treePath(n.rel)
-		out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return err
-		}
-		defer out.Close()
-		if err := w.Regular(n.exec, n.size, io.TeeReader(nr, out)); err != nil {
-			return err
-		}
-		return canonFile(out, n.exec)
+		return it.streamFile(n, nr, w)
 	}
 	if n.size <= smallFile {
 		data := make([]byte, n.size)
@@ -186,6 +183,54 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 	}
 	n.key, _, err = bw.Commit()
 	return err
+}
+
+// streamFile writes one regular file of an archive into the staged tree
+// (disk mode), deduplicating it like copyFile: a small file's entry is
+// checked before anything is written; a large one is written while its key
+// is computed, then canonicalised.
+func (it *item) streamFile(n *node, nr *nar.Reader, w *nar.Writer) error {
+	dst := it.treePath(n.rel)
+	dedup := it.dedup && n.size >= it.s.linksMin
+	if n.size <= smallFile {
+		data := make([]byte, n.size)
+		if _, err := io.ReadFull(nr, data); err != nil {
+			return err
+		}
+		if err := w.RegularBytes(n.exec, data); err != nil {
+			return err
+		}
+		if dedup {
+			n.key, _ = nar.HashFile(n.exec, n.size, bytesReader(data))
+			if it.linkExisting(n, dst) {
+				return nil
+			}
+		}
+		if err := writeFile(dst, n.exec, data); err != nil {
+			return err
+		}
+	} else {
+		out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		h.Write(nar.RegularPrefix(n.exec, n.size))
+		err = w.Regular(n.exec, n.size, io.TeeReader(nr, io.MultiWriter(out, h)))
+		if err == nil {
+			err = canonFile(out, n.exec)
+		}
+		out.Close()
+		if err != nil {
+			return err
+		}
+		h.Write(nar.RegularSuffix(n.size))
+		copy(n.key[:], h.Sum(nil))
+	}
+	if dedup {
+		it.pendingLink(n)
+	}
+	return nil
 }
 
 // exportMagic marks the end of an item's NAR in a `nix-store --export` stream.
@@ -249,7 +294,7 @@ func peekSignature(br *bufio.Reader) (bool, error) {
 }
 
 func (s *Store) importBundleItem(ctx context.Context, br *bufio.Reader, prog *Progress) (string, error) {
-	it, err := s.newItem()
+	it, err := s.newItem(false)
 	if err != nil {
 		return "", err
 	}

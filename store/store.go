@@ -66,13 +66,19 @@ func DefaultStateDir() string {
 type Options struct {
 	Logger      *slog.Logger
 	LockTimeout time.Duration // registry lock wait; registry.DefaultTimeout when 0
+	Sys         cas.Sys       // the `.links` syscall seam (tests inject faults); the real one when nil
 }
 
 // InitOptions are the settings fixed when a store is created.
 type InitOptions struct {
 	Mode     Mode
 	StoreDir string
+	// LinksMinSize (disk mode): files smaller than this are never linked
+	// through `.links`; nil means Guix's 8192, 0 links every file as Nix does.
+	LinksMinSize *int64
 }
+
+const settingLinksMinSize = "linksMinSize"
 
 // Store is an open store. It is safe for concurrent use.
 type Store struct {
@@ -85,6 +91,12 @@ type Store struct {
 
 	stage     string   // this process's staging dir under tmp/
 	stageLock *os.File // flock held while stage is in use
+
+	temp tempRoots
+
+	// disk mode: `.links` deduplication
+	links    *cas.Links
+	linksMin int64
 }
 
 func (s *Store) registryPath() string { return filepath.Join(s.state, "registry.db") }
@@ -102,6 +114,9 @@ func (s *Store) StoreDir() string { return s.storeDir }
 
 // Mode is the store's mode.
 func (s *Store) Mode() Mode { return s.mode }
+
+// LinksMinSize is the `.links` threshold of a disk-mode store.
+func (s *Store) LinksMinSize() int64 { return s.linksMin }
 
 // Registry gives access to the registry (for the daemon and the mount).
 func (s *Store) Registry() *registry.Registry { return s.reg }
@@ -148,11 +163,24 @@ func Init(state string, io InitOptions, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	if _, err := registry.Create(regPath, io.StoreDir, string(io.Mode), registry.Options{Timeout: opts.LockTimeout}); err != nil {
+	reg, err := registry.Create(regPath, io.StoreDir, string(io.Mode), registry.Options{Timeout: opts.LockTimeout})
+	if err != nil {
 		if errors.Is(err, registry.ErrExists) {
 			return nil, fmt.Errorf("%s: %w", state, ErrExists)
 		}
 		return nil, err
+	}
+	if io.Mode == ModeDisk {
+		min := int64(cas.DefaultLinksMinSize)
+		if io.LinksMinSize != nil {
+			min = *io.LinksMinSize
+		}
+		if min < 0 {
+			return nil, fmt.Errorf("--links-min-size must not be negative")
+		}
+		if err := reg.SetSetting(settingLinksMinSize, strconv.FormatInt(min, 10)); err != nil {
+			return nil, err
+		}
 	}
 	return Open(state, opts)
 }
@@ -196,11 +224,25 @@ func Open(state string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.blobs = cas.NewBlobs(s.blobDir())
+	if s.mode == ModeDisk {
+		s.linksMin = cas.DefaultLinksMinSize
+		if v, ok, err := reg.Setting(settingLinksMinSize); err != nil {
+			return nil, err
+		} else if ok {
+			if s.linksMin, err = strconv.ParseInt(v, 10, 64); err != nil {
+				return nil, fmt.Errorf("%s: bad %s setting %q", state, settingLinksMinSize, v)
+			}
+		}
+		if s.links, err = cas.NewLinks(s.RealStoreDir(), opts.Sys, log); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
 // Close removes this process's staging area.
 func (s *Store) Close() error {
+	s.closeTempRoots()
 	if s.stageLock == nil {
 		return nil
 	}

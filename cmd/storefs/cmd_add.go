@@ -5,14 +5,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/store"
 )
 
 func newAddCommand(g *globals) *cobra.Command {
 	var name string
 	var refs []string
+	var noDedup bool
 	cmd := &cobra.Command{
-		Use:   "add [--name NAME] [--ref STOREPATH]... PATH...",
+		Use:   "add [--name NAME] [--ref STOREPATH]... [--no-dedup] PATH...",
 		Short: "Add files or trees to the store; prints one store path per line",
 		Long: `Add each PATH (a file, a symlink or a directory tree) to the store and print
 its store path. Without --ref the path is the one 'nix-store --add' and Guix's
@@ -20,7 +22,11 @@ add-to-store give under the same store dir (recursive sha256, "source").
 With --ref, each reference (which must be valid) is recorded and enters the
 path's fingerprint as Nix does for sources with references.
 
-Devices, sockets and FIFOs are refused before anything is written.`,
+Devices, sockets and FIFOs are refused before anything is written.
+
+In disk mode, files of at least the store's --links-min-size are deduplicated
+through <state>/store/.links as they are added: a file whose content the store
+already has is hard-linked instead of written. --no-dedup turns that off.`,
 		Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if name != "" && len(args) > 1 {
@@ -31,6 +37,13 @@ Devices, sockets and FIFOs are refused before anything is written.`,
 				return err
 			}
 			defer s.Close()
+			var dedup cas.DedupStats
+			defer func() {
+				if dedup.Files > 0 {
+					g.log.Info("deduplication", "linked", dedup.Linked, "bytesNotWritten", dedup.BytesFreed,
+						"newEntries", dedup.Canonical, "skipped", dedup.Skipped, "errors", dedup.Errors)
+				}
+			}()
 			for _, src := range args {
 				var p *progress
 				if g.interactive() {
@@ -39,7 +52,7 @@ Devices, sockets and FIFOs are refused before anything is written.`,
 				} else {
 					p = newProgress(g, "", 0, 0)
 				}
-				path, err := s.Add(cmd.Context(), src, store.AddOptions{Name: name, Refs: refs, Progress: p.hooks()})
+				path, err := s.Add(cmd.Context(), src, store.AddOptions{Name: name, Refs: refs, Progress: p.hooks(), NoDedup: noDedup, Dedup: &dedup})
 				p.done()
 				if err != nil {
 					return err
@@ -51,6 +64,7 @@ Devices, sockets and FIFOs are refused before anything is written.`,
 	}
 	cmd.Flags().StringVar(&name, "name", "", "store path name (default: the base name of PATH)")
 	cmd.Flags().StringArrayVar(&refs, "ref", nil, "record STOREPATH as a reference (repeatable)")
+	cmd.Flags().BoolVar(&noDedup, "no-dedup", false, "disk mode: do not deduplicate through .links")
 	return cmd
 }
 

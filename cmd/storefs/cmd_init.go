@@ -5,11 +5,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/store"
 )
 
 func newInitCommand(g *globals) *cobra.Command {
 	var mode, storeDir string
+	var linksMin int64
 	cmd := &cobra.Command{
 		Use:   "init [--mode blob|disk] [--store-dir DIR]",
 		Short: "Create a store in the state dir",
@@ -18,10 +20,11 @@ store's life: the store dir is part of every store path's hash.
 
   blob  file contents in a hash-addressed blob area (each distinct file once),
         trees in the registry; presented by FUSE (storefs mount)
-  disk  items are real directories under <state>/store`,
+  disk  items are real directories under <state>/store, deduplicated through
+        <state>/store/.links hard links as they are added (guix-daemon's default)`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := store.Init(g.stateDir(), store.InitOptions{Mode: store.Mode(mode), StoreDir: storeDir}, g.options())
+			s, err := store.Init(g.stateDir(), store.InitOptions{Mode: store.Mode(mode), StoreDir: storeDir, LinksMinSize: &linksMin}, g.options())
 			if err != nil {
 				return err
 			}
@@ -32,5 +35,6 @@ store's life: the store dir is part of every store path's hash.
 	}
 	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob or disk")
 	cmd.Flags().StringVar(&storeDir, "store-dir", store.DefaultStoreDir, "logical store dir (e.g. /gnu/store or /nix/store)")
+	cmd.Flags().Int64Var(&linksMin, "links-min-size", cas.DefaultLinksMinSize, "disk mode: files smaller than this are never hard-linked through .links (0 = all, as Nix)")
 	return cmd
 }

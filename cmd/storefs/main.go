@@ -123,6 +123,7 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 		newClosureCommand(g),
 		newCatCommand(g),
 		newVerifyCommand(g),
+		newOptimiseCommand(g),
 		newDemoCommand(g),
 	)
 	return root
