@@ -2,6 +2,7 @@ package nar
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -358,6 +359,12 @@ func (r *Reader) finishPad() error {
 
 // readMagic reads and checks the archive magic.
 func (r *Reader) readMagic() error {
+	// An input that does not start like a NAR is "not a NAR", even when it
+	// is too short to hold the whole magic.
+	head, _ := r.br.Peek(8 + len(Magic))
+	if !bytes.HasPrefix(appendStr(nil, Magic), head) {
+		return r.errorf(0, "", "bad magic (not a NAR)")
+	}
 	b, err := r.peek(8+len(Magic)+padLen(uint64(len(Magic))), 0)
 	if err != nil {
 		return err

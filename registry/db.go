@@ -54,18 +54,18 @@ type Registry struct {
 }
 
 // Create makes a new registry file at path for a store with the given
-// store dir and mode. It fails with ErrExists if the file exists.
+// store dir and mode. It fails with ErrExists if the file exists. The file
+// is built under a temporary name and linked into place, so a crash never
+// leaves a half-made registry at path.
 func Create(path, storeDir, mode string, opts Options) (*Registry, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("%s: %w", path, ErrExists)
-		}
-		return nil, err
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("%s: %w", path, ErrExists)
 	}
-	f.Close()
-	r := newRegistry(path, opts)
-	err = r.update(func(tx *bolt.Tx) error {
+	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
+	os.Remove(tmp)
+	defer os.Remove(tmp)
+	r := newRegistry(tmp, opts)
+	err := r.update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -83,20 +83,27 @@ func Create(path, storeDir, mode string, opts Options) (*Registry, error) {
 		return m.Put(metaMode, []byte(mode))
 	})
 	if err != nil {
-		os.Remove(path)
 		return nil, err
 	}
-	r.storeDir, r.mode = storeDir, mode
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("%s: %w", path, ErrExists)
+		}
+		return nil, err
+	}
+	r.path, r.storeDir, r.mode = path, storeDir, mode
 	return r, nil
 }
 
 // Open opens an existing registry, checking its schema version.
 func Open(path string, opts Options) (*Registry, error) {
-	if _, err := os.Stat(path); err != nil {
+	if st, err := os.Stat(path); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%s: %w", path, ErrNoRegistry)
 		}
 		return nil, err
+	} else if st.Size() == 0 {
+		return nil, fmt.Errorf("%s: empty registry file (an interrupted init?): %w", path, errCorrupt)
 	}
 	r := newRegistry(path, opts)
 	err := r.view(func(tx *bolt.Tx) error {
@@ -167,7 +174,7 @@ func (r *Registry) open(readOnly bool) (*bolt.DB, error) {
 	db, err := bolt.Open(r.path, 0o644, &bolt.Options{Timeout: r.timeout, ReadOnly: readOnly})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, fmt.Errorf("%s: %w (waited %s; is a storefs daemon or mount running without its socket?)", r.path, ErrLocked, r.timeout)
+			return nil, fmt.Errorf("%s: %w (waited %s for another storefs process)", r.path, ErrLocked, r.timeout)
 		}
 		return nil, fmt.Errorf("open registry: %w", err)
 	}

@@ -19,9 +19,6 @@ const (
 	envChildRef = "REGISTRY_TEST_CHILD_REF"
 )
 
-// envBugs, when set to 1, runs the tests of known bugs instead of skipping them.
-const envBugs = "REGISTRY_TEST_BUGS"
-
 func TestMain(m *testing.M) {
 	if path := os.Getenv(envChild); path != "" {
 		if err := child(path); err != nil {

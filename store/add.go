@@ -180,6 +180,9 @@ func (s *Store) PathOf(ctx context.Context, src string, o AddOptions) (string, e
 	if err != nil {
 		return "", err
 	}
+	if _, _, err := walkSource(src); err != nil { // the same checks and messages as Add
+		return "", err
+	}
 	h := sha256.New()
 	if err := nar.DumpPath(h, src); err != nil {
 		return "", err
@@ -400,11 +403,12 @@ func (it *item) ingestFile(n *node) error {
 			return err
 		}
 		n.key = k
-		if _, err := it.batch.PutBytes(k, n.exec, data); err != nil {
-			return err
-		}
 		n.data = data
-		return nil
+		if n.size == 0 {
+			return nil // empty files need no blob
+		}
+		_, err = it.batch.PutBytes(k, n.exec, data)
+		return err
 	}
 	f, err := os.Open(n.src)
 	if err != nil {

@@ -37,7 +37,7 @@ func TestAddDeduplicates(t *testing.T) {
 	s := diskStore(t, cas.DefaultLinksMinSize)
 	dir := t.TempDir()
 	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<17) // 2 MiB: the large-file path
-	mid := bytes.Repeat([]byte("Hello, world!"), 1000)    // 13000 B: the in-memory path
+	mid := bytes.Repeat([]byte("Hello, world!"), 1000)     // 13000 B: the in-memory path
 	for _, n := range []string{"one", "two"} {
 		os.MkdirAll(filepath.Join(dir, n), 0o755)
 		os.WriteFile(filepath.Join(dir, n, "big"), big, 0o644)

@@ -170,6 +170,9 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 			return err
 		}
 		n.key = k
+		if n.size == 0 {
+			return nil // empty files need no blob
+		}
 		_, err = it.batch.PutBytes(k, n.exec, data)
 		return err
 	}

@@ -73,7 +73,7 @@ func makeStorePath(storeDir, typ string, inner [32]byte, name string) string {
 // ParseBaseName checks a store path's base name "<hash32>-<name>".
 func ParseBaseName(base string) (hashPart, name string, err error) {
 	if _, err := storepath.FromString(base); err != nil {
-		return "", "", fmt.Errorf("invalid store path base name %q: %v", base, err)
+		return "", "", fmt.Errorf("invalid store path %q: want <32 nix-base32 characters>-<name>", base)
 	}
 	hashPart, name = base[:HashPartLen], base[HashPartLen+1:]
 	if err := CheckName(name); err != nil {

@@ -56,7 +56,11 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 	rep.Paths = len(infos)
 
 	// Presence.
-	blobsNamed := map[cas.Key]bool{}
+	type named struct {
+		size int64
+		item string
+	}
+	blobsNamed := map[cas.Key]named{}
 	for _, pi := range infos {
 		if s.mode == ModeDisk {
 			if _, err := os.Lstat(filepath.Join(s.RealStoreDir(), pi.Path)); err != nil {
@@ -69,15 +73,21 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 			problem("%s: %v", s.FullPath(pi.Path), err)
 			continue
 		}
-		visitBlobs(t, pi.Root, func(k cas.Key) { blobsNamed[k] = true })
+		visitBlobs(t, pi.Root, func(k cas.Key, size int64) {
+			if _, ok := blobsNamed[k]; !ok {
+				blobsNamed[k] = named{size, pi.Path}
+			}
+		})
 	}
-	missing := map[cas.Key]bool{}
-	for k := range blobsNamed {
-		if ok, err := s.blobs.Has(k); err != nil {
+	for k, n := range blobsNamed {
+		st, err := os.Lstat(s.blobs.Path(k))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			problem("%s: was modified! blob %s is missing", s.FullPath(n.item), k)
+		case err != nil:
 			return nil, err
-		} else if !ok {
-			missing[k] = true
-			problem("blob %s: missing", k)
+		case !st.Mode().IsRegular() || st.Size() != n.size:
+			problem("%s: was modified! blob %s has %d bytes, want %d", s.FullPath(n.item), k, st.Size(), n.size)
 		}
 	}
 	if !o.Contents {
@@ -96,7 +106,7 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 				if gctx.Err() != nil {
 					return gctx.Err()
 				}
-				problem("%s: cannot read contents: %v", s.FullPath(pi.Path), err)
+				problem("%s: was modified! cannot read its contents: %v", s.FullPath(pi.Path), err)
 				return nil
 			}
 			var sum [32]byte
@@ -148,11 +158,11 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 
 func sortProblems(rep *VerifyReport) { sort.Strings(rep.Problems) }
 
-func visitBlobs(t *tree, n registry.Node, fn func(cas.Key)) {
+func visitBlobs(t *tree, n registry.Node, fn func(cas.Key, int64)) {
 	switch n.Type {
 	case registry.TypeRegular:
 		if n.Size > 0 {
-			fn(cas.Key(n.Key))
+			fn(cas.Key(n.Key), n.Size)
 		}
 	case registry.TypeDirectory:
 		if d := t.dirs[n.Key]; d != nil {

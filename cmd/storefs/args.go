@@ -6,7 +6,7 @@ import "github.com/spf13/cobra"
 func exactArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usagef("%s: want %d argument(s), got %d", cmd.CommandPath(), n, len(args))
+			return usagef("%s: want %d argument(s), got %d", cmd.Name(), n, len(args))
 		}
 		return nil
 	}
@@ -15,7 +15,7 @@ func exactArgs(n int) cobra.PositionalArgs {
 func minArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) < n {
-			return usagef("%s: want at least %d argument(s), got %d", cmd.CommandPath(), n, len(args))
+			return usagef("%s: want at least %d argument(s), got %d", cmd.Name(), n, len(args))
 		}
 		return nil
 	}
@@ -24,7 +24,7 @@ func minArgs(n int) cobra.PositionalArgs {
 func maxArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) > n {
-			return usagef("%s: want at most %d argument(s), got %d", cmd.CommandPath(), n, len(args))
+			return usagef("%s: want at most %d argument(s), got %d", cmd.Name(), n, len(args))
 		}
 		return nil
 	}

@@ -29,8 +29,13 @@ through <state>/store/.links as they are added: a file whose content the store
 already has is hard-linked instead of written. --no-dedup turns that off.`,
 		Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if name != "" && len(args) > 1 {
-				return usagef("--name applies to one PATH, got %d", len(args))
+			if cmd.Flags().Changed("name") {
+				if len(args) > 1 {
+					return usagef("--name applies to one PATH, got %d", len(args))
+				}
+				if err := store.CheckName(name); err != nil {
+					return err
+				}
 			}
 			s, err := g.open()
 			if err != nil {
@@ -76,6 +81,11 @@ func newPathCommand(g *globals) *cobra.Command {
 		Short: "Print the store path PATH would get; adds nothing",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("name") {
+				if err := store.CheckName(name); err != nil {
+					return err
+				}
+			}
 			s, err := g.open()
 			if err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -34,6 +35,9 @@ binary itself, then list the store, show an item, its closure and a file, and
 verify every NAR hash. The store is left in place for you to explore.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkMode(mode); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			state := g.state
 			if state == "" {
@@ -108,7 +112,7 @@ verify every NAR hash. The store is left in place for you to explore.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "$ storefs info %s\nnarHash: %s\nnarSize: %d\nreferences: %v\n", withRef, in.NarHash, in.NarSize, in.References)
+			fmt.Fprintf(out, "$ storefs info %s\npath: %s\nnarHash: %s\nnarSize: %d\nreferences: %s\n", withRef, in.Path, in.NarHash, in.NarSize, strings.Join(in.References, " "))
 			c, err := s.Closure([]string{withRef})
 			if err != nil {
 				return err
@@ -130,7 +134,7 @@ verify every NAR hash. The store is left in place for you to explore.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "$ storefs verify --contents\nchecked %d paths and %d blobs: %d problem(s)\n", rep.Paths, rep.Blobs, len(rep.Problems))
+			fmt.Fprintf(out, "$ storefs verify --contents\nchecked %d paths and their contents: %d problem(s)\n", rep.Paths, len(rep.Problems))
 			if len(rep.Problems) > 0 {
 				return problemsError{len(rep.Problems)}
 			}

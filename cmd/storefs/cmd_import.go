@@ -34,6 +34,14 @@ With --bundle, read a 'nix-store --export' stream (Guix's 'guix archive
 references and deriver; print the paths.`,
 		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if bundle && (cmd.Flags().Changed("name") || len(refs) > 0) {
+				return usagef("--bundle takes names and references from the stream; drop --name/--ref")
+			}
+			if cmd.Flags().Changed("name") {
+				if err := store.CheckName(name); err != nil {
+					return err
+				}
+			}
 			var in io.Reader = os.Stdin
 			src := "-"
 			if len(args) == 1 && args[0] != "-" {
@@ -47,9 +55,6 @@ references and deriver; print the paths.`,
 			}
 			in = bufio.NewReaderSize(in, 1<<16)
 			if bundle {
-				if name != "" || len(refs) > 0 {
-					return usagef("--bundle takes names and references from the stream; drop --name/--ref")
-				}
 				s, err := g.open()
 				if err != nil {
 					return err

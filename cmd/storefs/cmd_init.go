@@ -24,6 +24,9 @@ store's life: the store dir is part of every store path's hash.
         <state>/store/.links hard links as they are added (guix-daemon's default)`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkMode(mode); err != nil {
+				return err
+			}
 			s, err := store.Init(g.stateDir(), store.InitOptions{Mode: store.Mode(mode), StoreDir: storeDir, LinksMinSize: &linksMin}, g.options())
 			if err != nil {
 				return err
@@ -37,4 +40,11 @@ store's life: the store dir is part of every store path's hash.
 	cmd.Flags().StringVar(&storeDir, "store-dir", store.DefaultStoreDir, "logical store dir (e.g. /gnu/store or /nix/store)")
 	cmd.Flags().Int64Var(&linksMin, "links-min-size", cas.DefaultLinksMinSize, "disk mode: files smaller than this are never hard-linked through .links (0 = all, as Nix)")
 	return cmd
+}
+
+func checkMode(mode string) error {
+	if m := store.Mode(mode); m != store.ModeBlob && m != store.ModeDisk {
+		return usagef("unknown mode %q (want blob or disk)", mode)
+	}
+	return nil
 }
