@@ -64,10 +64,11 @@ if command -v nix-store >/dev/null; then
 fi
 
 declare -A t_sf
-for mode in blob disk; do
+for mode in blob disk disk-nodedup; do
   st=$work/state-$mode
-  "$bin" --state "$st" init --mode "$mode" >/dev/null
-  t_sf[$mode]=$(seconds "$bin" --state "$st" add "${items[@]}")
+  flags=(); [ "$mode" = disk-nodedup ] && flags=(--no-dedup)
+  "$bin" --state "$st" init --mode "${mode%-nodedup}" >/dev/null
+  t_sf[$mode]=$(seconds "$bin" --state "$st" add "${flags[@]}" "${items[@]}")
   "$bin" --state "$st" add "${items[@]}" > "$work/$mode.paths"   # again: nothing new, warm
   if [ -f "$work/nix.paths" ] && ! cmp -s "$work/nix.paths" "$work/$mode.paths"; then
     echo "MISMATCH: storefs ($mode) and nix-store --add give different paths" >&2; exit 1
@@ -81,7 +82,7 @@ printf '\n%s cache, seconds (ratio = time / baseline time; < 1 is faster)\n' "$c
 printf '%-28s %8s %10s %12s\n' "" "seconds" "vs cp -a" "vs nix-store"
 printf '%-28s %8.2f %10s %12s\n' "cp -a" "$t_cp" 1.00 "$(ratio "$t_cp" "$t_nix")"
 [ "$t_nix" != na ] && printf '%-28s %8.2f %10s %12s\n' "nix-store --add" "$t_nix" "$(ratio "$t_nix" "$t_cp")" 1.00
-for mode in blob disk; do
+for mode in blob disk disk-nodedup; do
   printf '%-28s %8.2f %10s %12s\n' "storefs add ($mode)" "${t_sf[$mode]}" "$(ratio "${t_sf[$mode]}" "$t_cp")" "$(ratio "${t_sf[$mode]}" "$t_nix")"
 done
 printf '%-28s %8.2f %10s %12s   (%.0f MB/s)\n' "sha256, one core (ideal)" "$sha_time" "$(ratio "$sha_time" "$t_cp")" "$(ratio "$sha_time" "$t_nix")" "$(echo "$sha_rate/1000000" | bc -l)"

@@ -3,6 +3,8 @@ package cas
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -165,25 +167,91 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 		}
 	}
 	workers := max(o.Workers, 1)
-	var mu sync.Mutex
+
+	// Hash every file in parallel...
+	type hashed struct {
+		key Key
+		res *Result // set when hashing ended it (vanished file)
+		err error
+	}
+	hs := make([]hashed, len(files))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
-	for _, f := range files {
+	for i, f := range files {
 		if gctx.Err() != nil {
 			break
 		}
 		g.Go(func() error {
-			r, err := l.dedupFile(f)
-			if err != nil {
-				l.log.Warn("deduplication failed", "path", f.path, "err", err)
-			} else if o.Inodes != nil && r.Outcome != Skipped {
-				if fi, err := os.Lstat(f.path); err == nil {
-					o.Inodes.add(inode(fi))
-				}
+			k, err := hashPath(f.path, f.exec, f.size)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				hs[i].res = &Result{Outcome: Skipped, Reason: "file vanished"}
+			case err != nil:
+				hs[i].err = err
 			}
-			mu.Lock()
-			st.Count(r, err)
-			mu.Unlock()
+			hs[i].key = k
+			return nil
+		})
+	}
+	g.Wait()
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
+
+	// ...then link directory by directory, each made writable once for all
+	// its renames (the walk lists a directory's files together).
+	var mu sync.Mutex
+	record := func(f dedupFile, r Result, err error) {
+		if err != nil {
+			l.log.Warn("deduplication failed", "path", f.path, "err", err)
+		} else if o.Inodes != nil && r.Outcome != Skipped {
+			o.Inodes.add(r.Ino)
+		}
+		mu.Lock()
+		st.Count(r, err)
+		mu.Unlock()
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for start := 0; start < len(files); {
+		end := start + 1
+		dir := filepath.Dir(files[start].path)
+		for end < len(files) && filepath.Dir(files[end].path) == dir {
+			end++
+		}
+		group, ghs := files[start:end], hs[start:end]
+		start = end
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			var todo []PathKey
+			var idx []int
+			for i, h := range ghs {
+				if h.res != nil || h.err != nil {
+					var r Result
+					if h.res != nil {
+						r = *h.res
+					}
+					record(group[i], r, h.err)
+					continue
+				}
+				todo = append(todo, PathKey{group[i].path, h.key})
+				idx = append(idx, i)
+			}
+			if len(todo) == 0 {
+				return nil
+			}
+			rs, errs, rerr := l.CanonicalizeDir(dir, todo)
+			for j, i := range idx {
+				record(group[i], rs[j], errs[j])
+			}
+			if rerr != nil {
+				l.log.Warn("deduplication: restoring a directory failed", "dir", dir, "err", rerr)
+				mu.Lock()
+				st.Errors++
+				mu.Unlock()
+			}
 			return nil
 		})
 	}
@@ -191,20 +259,38 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 	return st, ctx.Err()
 }
 
-func (l *Links) dedupFile(f dedupFile) (Result, error) {
-	fd, err := os.OpenFile(f.path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+// hashPath computes a file's key, reading it through a raw descriptor (no
+// poller registration: this runs once per file of a store).
+func hashPath(path string, exec bool, size int64) (Key, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return Result{Outcome: Skipped, Reason: "file vanished"}, nil
+		return Key{}, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	sum, err := nar.HashFile(exec, size, fdReader(fd))
+	if err != nil {
+		return Key{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return Key(sum), nil
+}
+
+// fdReader reads a raw file descriptor.
+type fdReader int
+
+func (r fdReader) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(r), p)
+		if err == unix.EINTR {
+			continue
 		}
-		return Result{}, err
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 && len(p) > 0 {
+			return 0, io.EOF
+		}
+		return n, nil
 	}
-	sum, err := nar.HashFile(f.exec, f.size, fd)
-	fd.Close()
-	if err != nil {
-		return Result{}, err
-	}
-	return l.Canonicalize(f.path, Key(sum))
 }
 
 func inode(fi os.FileInfo) uint64 {

@@ -21,6 +21,8 @@ const DefaultLinksMinSize = 8192
 // TempLinkPrefix starts the names of temporary links made in `.links`.
 const TempLinkPrefix = ".tmp-link-"
 
+var pidString = strconv.Itoa(os.Getpid())
+
 // maxAttempts bounds the retries of one Canonicalize (reference §1.8).
 const maxAttempts = 3
 
@@ -99,6 +101,7 @@ type Result struct {
 	Outcome Outcome
 	Reason  string // for Skipped
 	Size    int64  // the file's size (bytes freed when Linked)
+	Ino     uint64 // the inode the file has now (unless Skipped)
 }
 
 func is(err error, errno syscall.Errno) bool { return errors.Is(err, errno) }
@@ -112,6 +115,35 @@ func skipped(reason string, size int64) (Result, error) {
 // key. Only unexpected errors (EIO, EACCES, ...) are returned; the races and
 // limits above end in a Result. On any outcome path's contents are intact.
 func (l *Links) Canonicalize(path string, key Key) (Result, error) {
+	g := l.guard(filepath.Dir(path))
+	r, err := l.canonicalize(path, key, g)
+	if rerr := g.restore(); err == nil && rerr != nil {
+		return r, rerr
+	}
+	return r, err
+}
+
+// PathKey is a file to canonicalise and its key.
+type PathKey struct {
+	Path string
+	Key  Key
+}
+
+// CanonicalizeDir canonicalises files that all live in the directory dir,
+// making dir writable (if it is not) once for all their renames and
+// restoring its exact mode and times after the last. Results and errors
+// are per file; a failure to restore dir is returned separately.
+func (l *Links) CanonicalizeDir(dir string, files []PathKey) ([]Result, []error, error) {
+	g := l.guard(dir)
+	rs := make([]Result, len(files))
+	errs := make([]error, len(files))
+	for i, f := range files {
+		rs[i], errs[i] = l.canonicalize(f.Path, f.Key, g)
+	}
+	return rs, errs, g.restore()
+}
+
+func (l *Links) canonicalize(path string, key Key, g *dirGuard) (Result, error) {
 	entry := l.Entry(key)
 	var size int64
 	for attempt := 0; attempt < maxAttempts; attempt++ {
@@ -134,7 +166,7 @@ func (l *Links) Canonicalize(path string, key Key) (Result, error) {
 			err = l.sys.Link(path, entry)
 			switch {
 			case err == nil:
-				return Result{Outcome: Canonical, Size: size}, nil
+				return Result{Outcome: Canonical, Size: size, Ino: inodeOf(st)}, nil
 			case is(err, unix.EEXIST): // another process won: use theirs
 				continue
 			case is(err, unix.ENOENT):
@@ -153,7 +185,7 @@ func (l *Links) Canonicalize(path string, key Key) (Result, error) {
 			return Result{}, err
 		}
 		if sameFile(st, est) {
-			return Result{Outcome: Already, Size: size}, nil
+			return Result{Outcome: Already, Size: size, Ino: inodeOf(st)}, nil
 		}
 		if !est.Mode().IsRegular() || est.Size() != st.Size() {
 			l.log.Warn("removing corrupted link", "entry", entry, "size", est.Size(), "want", st.Size(), "mode", est.Mode())
@@ -172,7 +204,10 @@ func (l *Links) Canonicalize(path string, key Key) (Result, error) {
 			}
 			return Result{}, err
 		}
-		err = l.withWritableDir(filepath.Dir(path), func() error { return l.sys.Rename(tmp, path) })
+		err = g.enter()
+		if err == nil {
+			err = l.sys.Rename(tmp, path)
+		}
 		if err != nil {
 			l.sys.Unlink(tmp)
 			if is(err, unix.EMLINK) {
@@ -183,7 +218,7 @@ func (l *Links) Canonicalize(path string, key Key) (Result, error) {
 			}
 			return Result{}, err
 		}
-		return Result{Outcome: Linked, Size: size}, nil
+		return Result{Outcome: Linked, Size: size, Ino: inodeOf(est)}, nil
 	}
 	return skipped("retries exhausted", size)
 }
@@ -191,9 +226,8 @@ func (l *Links) Canonicalize(path string, key Key) (Result, error) {
 // tempLink links entry to a fresh temporary name in `.links`. A collision
 // (a stale temp link of a crashed process, a reused pid) draws a new name.
 func (l *Links) tempLink(entry string, size int64) (string, *Result, error) {
-	pid := strconv.Itoa(os.Getpid())
 	for range 16 {
-		tmp := filepath.Join(l.dir, TempLinkPrefix+pid+"-"+strconv.FormatUint(rand.Uint64(), 36))
+		tmp := filepath.Join(l.dir, TempLinkPrefix+pidString+"-"+strconv.FormatUint(rand.Uint64(), 36))
 		err := l.sys.Link(entry, tmp)
 		switch {
 		case err == nil:
@@ -213,39 +247,67 @@ func (l *Links) tempLink(entry string, size int64) (string, *Result, error) {
 	return "", &Result{Outcome: Skipped, Reason: "no free temporary name", Size: size}, nil
 }
 
-// withWritableDir runs fn with dir writable by its owner, then restores
-// dir's exact mode and times, even if fn failed. The store directory itself
-// is never touched.
-func (l *Links) withWritableDir(dir string, fn func() error) error {
-	if filepath.Clean(dir) == l.store {
-		return fn()
+// dirGuard makes a directory writable by its owner for renames, and gives
+// it back its exact mode and times afterwards. The store directory itself is
+// never touched.
+type dirGuard struct {
+	l       *Links
+	dir     string
+	st      os.FileInfo // as found, once entered
+	chmoded bool
+}
+
+func (l *Links) guard(dir string) *dirGuard { return &dirGuard{l: l, dir: filepath.Clean(dir)} }
+
+// enter makes the directory writable (once).
+func (g *dirGuard) enter() error {
+	if g.st != nil || g.dir == g.l.store {
+		return nil
 	}
-	st, err := l.sys.Lstat(dir)
+	st, err := g.l.sys.Lstat(g.dir)
 	if err != nil {
 		return err
 	}
-	mode := st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-	if mode&0o200 == 0 {
-		if err := l.sys.Chmod(dir, mode|0o200); err != nil {
+	g.st = st
+	if mode := dirMode(st); mode&0o200 == 0 {
+		if err := g.l.sys.Chmod(g.dir, mode|0o200); err != nil {
 			return err
 		}
-	}
-	ferr := fn()
-	var rerr error
-	if mode&0o200 == 0 {
-		rerr = l.sys.Chmod(dir, mode)
-	}
-	atime, mtime := fileTimes(st)
-	if err := l.sys.Utimes(dir, atime, mtime); rerr == nil {
-		rerr = err
-	}
-	if ferr != nil {
-		return ferr
-	}
-	if rerr != nil {
-		return fmt.Errorf("restoring %s: %w", dir, rerr)
+		g.chmoded = true
 	}
 	return nil
+}
+
+// restore puts back the mode and times found by enter (a rename changed
+// the times), if enter ran.
+func (g *dirGuard) restore() error {
+	if g.st == nil {
+		return nil
+	}
+	var err error
+	if g.chmoded {
+		err = g.l.sys.Chmod(g.dir, dirMode(g.st))
+	}
+	atime, mtime := fileTimes(g.st)
+	if uerr := g.l.sys.Utimes(g.dir, atime, mtime); err == nil {
+		err = uerr
+	}
+	g.st = nil
+	if err != nil {
+		return fmt.Errorf("restoring %s: %w", g.dir, err)
+	}
+	return nil
+}
+
+func dirMode(st os.FileInfo) fs.FileMode {
+	return st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
+func inodeOf(st os.FileInfo) uint64 {
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return s.Ino
+	}
+	return 0
 }
 
 func sameFile(a, b os.FileInfo) bool {

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# bench/optimise.sh [CORPUS] — `storefs optimise` against `nix-store --optimise` on the same
+# items, in one run. Both stores get the items without deduplication first; then each optimiser
+# runs after dropping caches (as root where /proc/sys/vm/drop_caches is writable; warm otherwise).
+# storefs runs with --links-min-size 0 (Nix links every file) and with Guix's default 8192.
+# CORPUS: as for bench/add.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+corpus=${1:-}
+if [ -z "$corpus" ]; then
+  corpus=$(mktemp -d /var/tmp/storefs-corpus.XXXXXX)
+  for d in src lib misc api test; do [ -d "$(go env GOROOT)/$d" ] && cp -a "$(go env GOROOT)/$d" "$corpus/go-$d"; done
+  trap 'rm -rf "$corpus"' EXIT
+fi
+command -v nix-store >/dev/null || { echo "nix-store is needed (apt-get install nix-bin)" >&2; exit 1; }
+corpus=$(cd "$corpus" && pwd)
+items=(); for d in "$corpus"/*/; do items+=("${d%/}"); done
+
+work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/storefs-bench.XXXXXX")
+trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+bin=$work/storefs
+(cd "$here/.." && go build -o "$bin" ./cmd/storefs)
+cold=warm
+drop() { if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 > /proc/sys/vm/drop_caches; cold=cold; fi; }
+elapsed() { local t0 t1; drop; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+
+export NIX_CONFIG=$'substituters =\nsandbox = false\nbuild-users-group =\nauto-optimise-store = false' HOME=$work/home XDG_CACHE_HOME=$work/home/.cache
+r=$work/nix; url="local?store=/gnu/store&real=$r/store&state=$r/state&log=$r/log"
+nix-store --store "$url" --add "${items[@]}" >/dev/null
+t_nix=$(elapsed nix-store --store "$url" --optimise)
+nix_line=$(grep -E 'freed by hard-linking' "$work/out" || true)
+nix_links=$(find "$r/store/.links" -type f | wc -l); nix_syml=$(find "$r/store/.links" -type l | wc -l)
+chmod -R u+w "$r"; rm -rf "$r"
+
+declare -A t_sf line
+for min in 0 8192; do
+  st=$work/state-$min
+  "$bin" --state "$st" init --mode disk --links-min-size "$min" >/dev/null
+  "$bin" --state "$st" add --no-dedup "${items[@]}" >/dev/null
+  t_sf[$min]=$(elapsed "$bin" --state "$st" optimise)
+  line[$min]=$(head -1 "$work/out")
+  chmod -R u+w "$st"; rm -rf "$st"
+done
+
+printf '%s cache; %d items from %s\n' "$cold" "${#items[@]}" "$corpus"
+printf '%-40s %8.2f s   %s\n' "nix-store --optimise" "$t_nix" "$nix_line"
+printf '%-40s %8s     (.links: %d files, %d symlinks; Nix 2.8 also links symlinks)\n' "" "" "$nix_links" "$nix_syml"
+for min in 0 8192; do
+  printf '%-40s %8.2f s   %s   (%.2fx faster than nix-store)\n' "storefs optimise (--links-min-size $min)" "${t_sf[$min]}" "${line[$min]}" "$(echo "$t_nix / ${t_sf[$min]}" | bc -l)"
+done
