@@ -209,7 +209,7 @@ func (s *Store) Add(ctx context.Context, src string, o AddOptions) (string, erro
 	}
 	it, err := s.newItem(o.NoDedup)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("add %s: %w", src, err)
 	}
 	defer it.discard()
 	if o.Dedup != nil {
@@ -245,9 +245,9 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 	for _, f := range files {
 		f.done = make(chan struct{})
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	g, gctx := errgroup.WithContext(ctx)
+	g, gctx := errgroup.WithContext(cctx)
 	tokens := make(chan struct{}, window)
 	jobs := make(chan *node)
 	g.Go(func() error {
@@ -337,7 +337,9 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 	if err != nil {
 		cancel()
 	}
-	if gerr := g.Wait(); err == nil && gerr != nil {
+	// A worker's failure cancels gctx, which the hasher may report first:
+	// the worker's error is the one that says what happened.
+	if gerr := g.Wait(); gerr != nil && (err == nil || errors.Is(err, context.Canceled) && ctx.Err() == nil) {
 		err = gerr
 	}
 	if err != nil {

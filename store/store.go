@@ -217,10 +217,19 @@ func Open(state string, opts Options) (*Store, error) {
 	if s.mode != ModeBlob && s.mode != ModeDisk {
 		return nil, fmt.Errorf("%s: registry records unknown mode %q", state, s.mode)
 	}
-	if err := s.cleanTmp(); err != nil {
+	// Cleaning up after dead processes and making our own staging dir happen
+	// under one lock, so that no process can take another's half-made
+	// staging dir (a lock file not yet locked) for a leftover.
+	unlock, err := s.lockTmp()
+	if err != nil {
 		return nil, err
 	}
-	if err := s.openStage(); err != nil {
+	err = s.cleanTmp()
+	if err == nil {
+		err = s.openStage()
+	}
+	unlock()
+	if err != nil {
 		return nil, err
 	}
 	s.blobs = cas.NewBlobs(s.blobDir())
@@ -251,6 +260,22 @@ func (s *Store) Close() error {
 	s.stageLock.Close()
 	s.stageLock = nil
 	return err
+}
+
+// lockTmp takes <state>/tmp.lock exclusively.
+func (s *Store) lockTmp() (func(), error) {
+	if err := os.MkdirAll(s.tmpDir(), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(s.state, "tmp.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("staging area: %w", err)
+	}
+	if err := flock(f, unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("staging area: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // openStage creates tmp/<pid>-<n>/ and holds an flock on tmp/<pid>-<n>.lock
