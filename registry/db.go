@@ -183,17 +183,22 @@ func (r *Registry) open(readOnly bool) (*bolt.DB, error) {
 
 // with runs fn on the held database, or on one opened for this call only.
 func (r *Registry) with(readOnly bool, fn func(*bolt.DB) error) error {
+	return r.withHeld(readOnly, func(db *bolt.DB, _ bool) error { return fn(db) })
+}
+
+// withHeld is with, also telling fn whether db is the held database.
+func (r *Registry) withHeld(readOnly bool, fn func(db *bolt.DB, held bool) error) error {
 	r.mu.RLock()
 	if db := r.held; db != nil {
 		defer r.mu.RUnlock()
-		return fn(db)
+		return fn(db, true)
 	}
 	r.mu.RUnlock()
 	db, err := r.open(readOnly)
 	if err != nil {
 		return err
 	}
-	err = fn(db)
+	err = fn(db, false)
 	if cerr := db.Close(); err == nil {
 		err = cerr
 	}
@@ -206,6 +211,18 @@ func (r *Registry) view(fn func(*bolt.Tx) error) error {
 
 func (r *Registry) update(fn func(*bolt.Tx) error) error {
 	return r.with(false, func(db *bolt.DB) error { return db.Update(fn) })
+}
+
+// batch is update for idempotent fn: on a held registry (a daemon serving
+// many clients) concurrent calls share one commit and one fsync (bbolt
+// Batch, which may run fn more than once).
+func (r *Registry) batch(fn func(*bolt.Tx) error) error {
+	return r.withHeld(false, func(db *bolt.DB, held bool) error {
+		if held {
+			return db.Batch(fn)
+		}
+		return db.Update(fn)
+	})
 }
 
 // Setting returns a store setting recorded with SetSetting ("" and false

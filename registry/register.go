@@ -47,7 +47,7 @@ func (r *Registry) Register(batch []Registration) (added []string, err error) {
 			}
 		}
 	}
-	err = r.update(func(tx *bolt.Tx) error {
+	err = r.batch(func(tx *bolt.Tx) error {
 		added = added[:0]
 		paths := tx.Bucket(bucketPaths)
 		refs := tx.Bucket(bucketRefs)

@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -82,28 +81,29 @@ func Stat(src string) (SourceStats, error) {
 // item is one item being built in the staging area.
 type item struct {
 	s     *Store
+	stage *stage
 	dir   string     // staging dir of this item
 	tree  string     // disk mode: where the tree is built (dir/tree)
 	batch *cas.Batch // blob mode: new blobs
 
-	dedup   bool // disk mode: deduplicate through .links while adding
+	temp    *TempRoots // where the item's temp root goes
+	dedup   bool       // disk mode: deduplicate through .links while adding
 	statsMu sync.Mutex
 	stats   cas.DedupStats
 	pending []*node // files to canonicalise through .links once the item is complete
 }
 
-var itemSeq atomic.Int64
-
-func (s *Store) newItem(noDedup bool) (*item, error) {
-	dir := filepath.Join(s.stage, fmt.Sprintf("item-%d", itemSeq.Add(1)))
-	if err := os.Mkdir(dir, 0o700); err != nil {
+func (s *Store) newItem(ctx context.Context, noDedup bool) (*item, error) {
+	st, err := s.newStage()
+	if err != nil {
 		return nil, err
 	}
-	it := &item{s: s, dir: dir, tree: filepath.Join(dir, "tree"), dedup: s.links != nil && !noDedup}
+	dir := st.dir
+	it := &item{s: s, stage: st, dir: dir, tree: filepath.Join(dir, "tree"), dedup: s.links != nil && !noDedup, temp: s.tempRoots(ctx)}
 	if s.mode == ModeBlob {
 		b, err := s.blobs.NewBatch(filepath.Join(dir, "blobs"))
 		if err != nil {
-			os.RemoveAll(dir)
+			st.remove()
 			return nil, err
 		}
 		it.batch = b
@@ -116,7 +116,7 @@ func (it *item) discard() {
 	if it.batch != nil {
 		it.batch.Abort()
 	}
-	removeAll(it.dir)
+	it.stage.remove()
 }
 
 func (it *item) treePath(rel string) string {
@@ -159,6 +159,17 @@ func (s *Store) fullPaths(bases []string) []string {
 	return out
 }
 
+// SourceName is the store path name of src: name if given, else src's base
+// name; either must satisfy CheckName.
+func SourceName(src, name string) (string, error) { return nameFor(src, name) }
+
+// CheckSource walks src as Add would and reports the first file it cannot
+// add (a device, socket or FIFO), with the same message Add gives.
+func CheckSource(src string) error {
+	_, _, err := walkSource(src)
+	return err
+}
+
 func nameFor(src, name string) (string, error) {
 	if name == "" {
 		abs, err := filepath.Abs(src)
@@ -168,6 +179,32 @@ func nameFor(src, name string) (string, error) {
 		name = filepath.Base(abs)
 	}
 	return name, CheckName(name)
+}
+
+// ResolveRefs checks references as Add does (each a valid store path of this
+// store), with the same errors.
+func (s *Store) ResolveRefs(refs []string) error {
+	_, err := s.resolveRefs(refs)
+	return err
+}
+
+// PathOfNAR is the store path the NAR read from r would get under name with
+// refs, without adding anything. The NAR is checked strictly.
+func (s *Store) PathOfNAR(r io.Reader, o AddOptions) (string, error) {
+	if err := CheckName(o.Name); err != nil {
+		return "", err
+	}
+	refs, err := s.resolveRefs(o.Refs)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	if _, err := nar.Copy(h, r); err != nil {
+		return "", err
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return MakeSourcePath(s.storeDir, sum, o.Name, s.fullPaths(refs)), nil
 }
 
 // PathOf is the store path src would get, without adding anything.
@@ -207,7 +244,7 @@ func (s *Store) Add(ctx context.Context, src string, o AddOptions) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
 	}
-	it, err := s.newItem(o.NoDedup)
+	it, err := s.newItem(ctx, o.NoDedup)
 	if err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
 	}
@@ -631,7 +668,7 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 		if ok, err := s.reg.IsValid(info.Path); err != nil || ok {
 			return err
 		}
-		if err := s.addTempRoot(info.Path); err != nil {
+		if err := it.temp.Add(info.Path); err != nil {
 			return err
 		}
 		dirs := map[registry.Digest][]byte{}
@@ -657,7 +694,7 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 	// Temp-root the path before it appears in the store, until it is
 	// registered (the finalize-store-file fix): a collector running between
 	// the rename and the registration must not delete it.
-	if err := s.addTempRoot(info.Path); err != nil {
+	if err := it.temp.Add(info.Path); err != nil {
 		return err
 	}
 	it.linkPending()

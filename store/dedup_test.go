@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 
@@ -116,8 +118,27 @@ func TestTempRootBeforeRename(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
 	p := add(t, s, filepath.Join(dir, "f"), store.AddOptions{})
-	roots, err := s.TempRoots()
-	if err != nil || len(roots) != 1 || roots[0] != filepath.Base(p) {
-		t.Errorf("TempRoots = %v, %v; want [%s]", roots, err, filepath.Base(p))
+	roots := s.TempRoots()
+	if len(roots) != 1 || roots[0] != filepath.Base(p) {
+		t.Errorf("TempRoots = %v; want [%s]", roots, filepath.Base(p))
+	}
+	file, err := os.ReadFile(filepath.Join(s.StateDir(), "temproots", strconv.Itoa(os.Getpid())))
+	if err != nil || string(file) != filepath.Base(p)+"\x00" {
+		t.Errorf("temproots file = %q, %v; want the base name and a NUL", file, err)
+	}
+	// A set of its own (a daemon request): its file goes when it closes.
+	tr := s.NewTempRoots()
+	os.WriteFile(filepath.Join(dir, "g"), []byte("y"), 0o644)
+	q, err := s.Add(store.WithTempRoots(context.Background(), tr), filepath.Join(dir, "g"), store.AddOptions{})
+	if err != nil || !slices.Equal(tr.Roots(), []string{filepath.Base(q)}) {
+		t.Errorf("request temp roots = %v, %v; want [%s]", tr.Roots(), err, filepath.Base(q))
+	}
+	if len(s.TempRoots()) != 1 {
+		t.Errorf("the process set got the request's root too: %v", s.TempRoots())
+	}
+	tr.Close()
+	ents, _ := os.ReadDir(filepath.Join(s.StateDir(), "temproots"))
+	if len(ents) != 1 {
+		t.Errorf("temproots holds %d files after the request set closed; want 1", len(ents))
 	}
 }

@@ -34,6 +34,17 @@ type ImportOptions struct {
 // content-addressed item, like Add. A malformed archive is refused with an
 // error naming the offset and entry, and leaves the store as it was.
 func (s *Store) Import(ctx context.Context, r io.Reader, o ImportOptions) (string, error) {
+	return s.importNAR(ctx, r, o, "import: ")
+}
+
+// AddNAR is Import for a NAR made from a source tree by a client of a
+// daemon: the same, but its errors are not prefixed with "import:" (the
+// client prefixes them as Add does).
+func (s *Store) AddNAR(ctx context.Context, r io.Reader, o ImportOptions) (string, error) {
+	return s.importNAR(ctx, r, o, "")
+}
+
+func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, prefix string) (string, error) {
 	if err := CheckName(o.Name); err != nil {
 		return "", err
 	}
@@ -41,7 +52,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, o ImportOptions) (strin
 	if err != nil {
 		return "", err
 	}
-	it, err := s.newItem(o.NoDedup)
+	it, err := s.newItem(ctx, o.NoDedup)
 	if err != nil {
 		return "", err
 	}
@@ -51,7 +62,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, o ImportOptions) (strin
 	}
 	root, sum, size, err := it.ingestNAR(ctx, nar.NewReader(r), o.Progress)
 	if err != nil {
-		return "", fmt.Errorf("import: %w", err)
+		return "", fmt.Errorf("%s%w", prefix, err)
 	}
 	p := MakeSourcePath(s.storeDir, sum, o.Name, s.fullPaths(refs))
 	info := &registry.PathInfo{
@@ -62,7 +73,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, o ImportOptions) (strin
 		CA:         "fixed:r:sha256:" + NixHash(sum)[len("sha256:"):],
 	}
 	if err := it.finish(root, info); err != nil {
-		return "", fmt.Errorf("import: %w", err)
+		return "", fmt.Errorf("%s%w", prefix, err)
 	}
 	return p, nil
 }
@@ -297,7 +308,7 @@ func peekSignature(br *bufio.Reader) (bool, error) {
 }
 
 func (s *Store) importBundleItem(ctx context.Context, br *bufio.Reader, prog *Progress) (string, error) {
-	it, err := s.newItem(false)
+	it, err := s.newItem(ctx, false)
 	if err != nil {
 		return "", err
 	}

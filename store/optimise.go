@@ -27,7 +27,7 @@ func (s *Store) Optimise(ctx context.Context) (cas.DedupStats, error) {
 		return cas.DedupStats{}, err
 	}
 	for _, b := range bases {
-		if err := s.addTempRoot(b); err != nil {
+		if err := s.addTempRoot(ctx, b); err != nil {
 			return cas.DedupStats{}, err
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -89,10 +90,7 @@ type Store struct {
 	blobs    *cas.Blobs
 	log      *slog.Logger
 
-	stage     string   // this process's staging dir under tmp/
-	stageLock *os.File // flock held while stage is in use
-
-	temp tempRoots
+	temp *TempRoots // the process's default temp roots
 
 	// disk mode: `.links` deduplication
 	links    *cas.Links
@@ -217,22 +215,20 @@ func Open(state string, opts Options) (*Store, error) {
 	if s.mode != ModeBlob && s.mode != ModeDisk {
 		return nil, fmt.Errorf("%s: registry records unknown mode %q", state, s.mode)
 	}
-	// Cleaning up after dead processes and making our own staging dir happen
-	// under one lock, so that no process can take another's half-made
-	// staging dir (a lock file not yet locked) for a leftover.
+	// Cleaning up after dead processes and making a staging dir happen under
+	// one lock, so that no process can take another's half-made staging dir
+	// (a lock file not yet locked) for a leftover.
 	unlock, err := s.lockTmp()
 	if err != nil {
 		return nil, err
 	}
 	err = s.cleanTmp()
-	if err == nil {
-		err = s.openStage()
-	}
 	unlock()
 	if err != nil {
 		return nil, err
 	}
 	s.blobs = cas.NewBlobs(s.blobDir())
+	s.temp = &TempRoots{s: s, name: strconv.Itoa(os.Getpid())}
 	if s.mode == ModeDisk {
 		s.linksMin = cas.DefaultLinksMinSize
 		if v, ok, err := reg.Setting(settingLinksMinSize); err != nil {
@@ -249,17 +245,9 @@ func Open(state string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Close removes this process's staging area.
+// Close releases the process's temp roots.
 func (s *Store) Close() error {
-	s.closeTempRoots()
-	if s.stageLock == nil {
-		return nil
-	}
-	err := removeAll(s.stage)
-	os.Remove(s.stage + ".lock")
-	s.stageLock.Close()
-	s.stageLock = nil
-	return err
+	return s.temp.Close()
 }
 
 // lockTmp takes <state>/tmp.lock exclusively.
@@ -278,32 +266,50 @@ func (s *Store) lockTmp() (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// openStage creates tmp/<pid>-<n>/ and holds an flock on tmp/<pid>-<n>.lock
-// while the store is open, so that other processes know it is in use.
-func (s *Store) openStage() error {
-	for i := 0; i < 100; i++ {
-		name := filepath.Join(s.tmpDir(), fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()%1e9+int64(i)))
+// stage is one operation's staging dir, tmp/<pid>-<n>/, with the flock on
+// tmp/<pid>-<n>.lock that tells other processes it is in use. It exists
+// only while the operation runs, so tmp/ is empty when nothing is going on.
+type stage struct {
+	dir  string
+	lock *os.File
+}
+
+var stageSeq atomic.Int64
+
+func (s *Store) newStage() (*stage, error) {
+	unlock, err := s.lockTmp()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	for range 100 {
+		name := filepath.Join(s.tmpDir(), fmt.Sprintf("%d-%d", os.Getpid(), stageSeq.Add(1)))
 		f, err := os.OpenFile(name+".lock", os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, fs.ErrExist) {
-			continue
+			continue // a leftover of an earlier process with our pid
 		}
 		if err != nil {
-			return fmt.Errorf("staging area: %w", err)
+			return nil, fmt.Errorf("staging area: %w", err)
 		}
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			f.Close()
-			os.Remove(name + ".lock")
 			continue
 		}
 		if err := os.Mkdir(name, 0o700); err != nil {
 			f.Close()
 			os.Remove(name + ".lock")
-			return fmt.Errorf("staging area: %w", err)
+			return nil, fmt.Errorf("staging area: %w", err)
 		}
-		s.stage, s.stageLock = name, f
-		return nil
+		return &stage{dir: name, lock: f}, nil
 	}
-	return errors.New("staging area: could not create a unique directory")
+	return nil, errors.New("staging area: could not create a unique directory")
+}
+
+// remove deletes the staging dir, then its lock file.
+func (st *stage) remove() {
+	removeAll(st.dir)
+	os.Remove(st.lock.Name())
+	st.lock.Close()
 }
 
 // cleanTmp removes staging dirs whose owner is gone (its lock file is not

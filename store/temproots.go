@@ -1,36 +1,70 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
 
-// Temp roots protect paths a process is still working on (an item between
-// its rename into the store and its registration, an item being
-// optimised) from a concurrent collector. They follow the guix-daemon
-// protocol (reference: Guix/Nix temp roots):
+// Temp roots protect paths that are still being worked on (an item between
+// its rename into the store and its registration, an item being optimised)
+// from a concurrent collector. They follow the guix-daemon protocol:
 //
-//   - each process has one file, <state>/temproots/<pid>, holding
-//     NUL-terminated base names, and keeps a shared flock on it for its life;
+//   - each set of temp roots has one file, <state>/temproots/<pid>[-<n>],
+//     holding NUL-terminated base names; its owner keeps a shared flock on it
+//     for as long as the set lives;
 //   - the file is created under a shared flock on <state>/gc.lock, which a
 //     collector holds exclusively, so no new temp-root file appears while a
-//     collection reads them; a file that is not empty when we have just
-//     created it was marked stale by a collector ("d") and is made again;
+//     collection reads them; a file found non-empty right after creating it
+//     was marked stale by a collector and is made again;
 //   - adding a root takes the file's lock exclusively (waiting while a
 //     collector holds it shared to read it), appends, and goes back to shared.
 //
-// A collector reads a file under a shared lock; an owner that died has no
-// lock left, so its file can be removed.
-type tempRoots struct {
-	mu sync.Mutex
-	f  *os.File
+// A collector reads a file under a shared lock; a file whose owner died has
+// no lock left and can be removed. A process has one default set that lives
+// as long as its Store; a daemon gives each request (or client session) a set
+// of its own through WithTempRoots, closed when the request ends, so temp
+// roots never outlive their client.
+type TempRoots struct {
+	s    *Store
+	name string
+
+	mu     sync.Mutex
+	f      *os.File
+	roots  []string
+	closed bool
+}
+
+var tempRootSeq atomic.Int64
+
+// NewTempRoots starts a set of temp roots (its file is created on the first
+// Add). Close it when the work it protects is over.
+func (s *Store) NewTempRoots() *TempRoots {
+	return &TempRoots{s: s, name: fmt.Sprintf("%d-%d", os.Getpid(), tempRootSeq.Add(1))}
+}
+
+type tempRootsKey struct{}
+
+// WithTempRoots makes the store operations run with ctx record their temp
+// roots in t instead of the process's default set.
+func WithTempRoots(ctx context.Context, t *TempRoots) context.Context {
+	return context.WithValue(ctx, tempRootsKey{}, t)
+}
+
+func (s *Store) tempRoots(ctx context.Context) *TempRoots {
+	if ctx != nil {
+		if t, ok := ctx.Value(tempRootsKey{}).(*TempRoots); ok {
+			return t
+		}
+	}
+	return s.temp
 }
 
 func (s *Store) tempRootDir() string { return filepath.Join(s.state, "temproots") }
@@ -47,11 +81,12 @@ func flock(f *os.File, how int) error {
 	}
 }
 
-func (s *Store) openTempRoots() (*os.File, error) {
+func (t *TempRoots) open() (*os.File, error) {
+	s := t.s
 	if err := os.MkdirAll(s.tempRootDir(), 0o755); err != nil {
 		return nil, err
 	}
-	name := filepath.Join(s.tempRootDir(), strconv.Itoa(os.Getpid()))
+	name := filepath.Join(s.tempRootDir(), t.name)
 	for {
 		gc, err := os.OpenFile(s.GCLockPath(), os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
@@ -86,62 +121,59 @@ func (s *Store) openTempRoots() (*os.File, error) {
 	}
 }
 
-// addTempRoot records base as a temp root of this process until it ends
-// (or the store is closed).
-func (s *Store) addTempRoot(base string) error {
-	s.temp.mu.Lock()
-	defer s.temp.mu.Unlock()
-	if s.temp.f == nil {
-		f, err := s.openTempRoots()
+// Add records base as a temp root of the set.
+func (t *TempRoots) Add(base string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return errors.New("temp roots: set already closed")
+	}
+	if t.f == nil {
+		f, err := t.open()
 		if err != nil {
 			return err
 		}
-		s.temp.f = f
+		t.f = f
 	}
-	f := s.temp.f
-	if err := flock(f, unix.LOCK_EX); err != nil {
+	if err := flock(t.f, unix.LOCK_EX); err != nil {
 		return fmt.Errorf("temp root %s: %w", base, err)
 	}
-	_, err := f.Write([]byte(base + "\x00"))
-	if lerr := flock(f, unix.LOCK_SH); err == nil {
+	_, err := t.f.Write([]byte(base + "\x00"))
+	if lerr := flock(t.f, unix.LOCK_SH); err == nil {
 		err = lerr
 	}
 	if err != nil {
 		return fmt.Errorf("temp root %s: %w", base, err)
 	}
+	t.roots = append(t.roots, base)
 	return nil
 }
 
-// TempRoots returns the base names this process holds as temp roots.
-func (s *Store) TempRoots() ([]string, error) {
-	b, err := os.ReadFile(filepath.Join(s.tempRootDir(), strconv.Itoa(os.Getpid())))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	var out []string
-	for len(b) > 0 {
-		i := 0
-		for i < len(b) && b[i] != 0 {
-			i++
-		}
-		out = append(out, string(b[:i]))
-		if i < len(b) {
-			i++
-		}
-		b = b[i:]
-	}
-	return out, nil
+// Roots returns the base names in the set.
+func (t *TempRoots) Roots() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]string(nil), t.roots...)
 }
 
-func (s *Store) closeTempRoots() {
-	s.temp.mu.Lock()
-	defer s.temp.mu.Unlock()
-	if s.temp.f != nil {
-		os.Remove(s.temp.f.Name())
-		s.temp.f.Close()
-		s.temp.f = nil
+// Close releases the set: its file is removed.
+func (t *TempRoots) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	if t.f == nil {
+		return nil
 	}
+	err := os.Remove(t.f.Name())
+	t.f.Close()
+	t.f = nil
+	return err
 }
+
+// addTempRoot records base in the temp roots of ctx (or the process's).
+func (s *Store) addTempRoot(ctx context.Context, base string) error {
+	return s.tempRoots(ctx).Add(base)
+}
+
+// TempRoots returns the base names of the process's default set.
+func (s *Store) TempRoots() []string { return s.temp.Roots() }

@@ -51,6 +51,9 @@ verify every NAR hash. The store is left in place for you to explore.`,
 				state = d
 			}
 			out := g.stdout
+			if err := refuseServed(state); err != nil {
+				return err
+			}
 			s, err := store.Init(state, store.InitOptions{Mode: store.Mode(mode)}, g.options())
 			if err != nil {
 				return err

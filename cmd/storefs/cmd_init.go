@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/daemon"
 	"github.com/storefs/storefs/store"
 )
 
@@ -25,6 +26,9 @@ store's life: the store dir is part of every store path's hash.
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkMode(mode); err != nil {
+				return err
+			}
+			if err := refuseServed(g.stateDir()); err != nil {
 				return err
 			}
 			s, err := store.Init(g.stateDir(), store.InitOptions{Mode: store.Mode(mode), StoreDir: storeDir, LinksMinSize: &linksMin}, g.options())
@@ -47,4 +51,16 @@ func checkMode(mode string) error {
 		return usagef("unknown mode %q (want blob or disk)", mode)
 	}
 	return nil
+}
+
+// refuseServed gives init the error it gives on an existing store when a
+// daemon serves the store (and holds its registry, so it cannot be read).
+func refuseServed(state string) error {
+	c, err := daemon.Dial(state)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	in := c.StoreInfo()
+	return fmt.Errorf("%s: %w (a %s store for %s)", in.StateDir, store.ErrExists, in.Mode, in.StoreDir)
 }

@@ -43,6 +43,7 @@ type globals struct {
 	lockTimeout time.Duration
 	verbose     bool
 	noProgress  bool
+	noDaemon    bool
 	stdout      io.Writer
 	stderr      io.Writer
 	log         *slog.Logger
@@ -57,10 +58,6 @@ func (g *globals) stateDir() string {
 
 func (g *globals) options() store.Options {
 	return store.Options{Logger: g.log, LockTimeout: g.lockTimeout}
-}
-
-func (g *globals) open() (*store.Store, error) {
-	return store.Open(g.stateDir(), g.options())
 }
 
 // interactive reports whether progress should be drawn (stderr is a TTY).
@@ -112,6 +109,7 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 	pf.DurationVar(&g.lockTimeout, "lock-timeout", 0, "how long to wait for another process's registry lock (default 30s)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens on stderr")
 	pf.BoolVar(&g.noProgress, "no-progress", false, "never draw progress bars")
+	pf.BoolVar(&g.noDaemon, "no-daemon", false, "open the store here even if a daemon could serve it (refused while one runs)")
 	root.AddCommand(
 		newInitCommand(g),
 		newAddCommand(g),
@@ -125,6 +123,7 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 		newVerifyCommand(g),
 		newOptimiseCommand(g),
 		newDemoCommand(g),
+		newDaemonCommand(g),
 	)
 	return root
 }

@@ -25,16 +25,98 @@ import (
 // environment are the real ones).
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"storefs": func() { os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)) },
+		"storefs": func() {
+			if os.Getenv("STOREFS_TEST_DAEMON") == "1" {
+				ensureDaemon(os.Args[1:])
+			}
+			os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+		},
 	})
+}
+
+// ensureDaemon, in the daemon variant of the scripts, starts `storefs
+// daemon` for $STOREFS_STATE before a command that would use the store, as
+// soon as the store exists, so that the same scripts run through a daemon.
+// The daemon's pid goes to $WORK/.daemons; the script's cleanup stops it.
+func ensureDaemon(args []string) {
+	if len(args) == 0 {
+		return
+	}
+	for _, a := range args {
+		switch a {
+		case "init", "demo", "daemon", "help", "--help", "-h", "--no-daemon":
+			return
+		}
+		if strings.HasPrefix(a, "--state") {
+			return // a script naming another state dir means it: no daemon there
+		}
+	}
+	state := os.Getenv("STOREFS_STATE")
+	if _, err := os.Stat(filepath.Join(state, "registry.db")); err != nil {
+		return
+	}
+	sock := filepath.Join(state, "daemon.sock")
+	if _, err := os.Stat(sock); err == nil {
+		return
+	}
+	cmd := exec.Command(os.Args[0], "daemon")
+	cmd.Env = os.Environ()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "test: starting a daemon: %v\n", err)
+		os.Exit(99)
+	}
+	f, err := os.OpenFile(filepath.Join(os.Getenv("WORK"), ".daemons"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err == nil {
+		fmt.Fprintf(f, "%d\n", cmd.Process.Pid)
+		f.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			return
+		}
+	}
+	fmt.Fprintf(os.Stderr, "test: the daemon did not come up\n")
+	os.Exit(99)
+}
+
+// stopDaemons sends SIGTERM to the daemons a script started and waits for
+// them to exit; a daemon that does not exit in time fails the script.
+func stopDaemons(work string) error {
+	b, err := os.ReadFile(filepath.Join(work, ".daemons"))
+	if err != nil {
+		return nil
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, _ := strconv.Atoi(f)
+		if pid <= 0 || syscall.Kill(pid, syscall.SIGTERM) != nil {
+			continue
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for syscall.Kill(pid, 0) == nil {
+			if time.Now().After(deadline) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				return fmt.Errorf("daemon %d did not stop on SIGTERM", pid)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // TestScripts runs every testdata/script/*.txtar once per store mode. A script
 // sees $MODE (blob or disk), the conditions [blob] and [disk], and
 // $STOREFS_STATE=$WORK/state (not yet initialised).
+//
+// Every script also runs through a daemon (the variants blob-daemon and
+// disk-daemon): each storefs command that uses an existing store then goes
+// through a `storefs daemon` started for it, and must give the same output
+// and exit status. The condition [daemon] marks the few lines that differ
+// by nature (a registry lock taken by the script, say).
 func TestScripts(t *testing.T) {
-	for _, mode := range []string{"blob", "disk"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, variant := range []string{"blob", "disk", "blob-daemon", "disk-daemon"} {
+		mode, withDaemon := strings.CutSuffix(variant, "-daemon")
+		t.Run(variant, func(t *testing.T) {
 			t.Parallel()
 			testscript.Run(t, testscript.Params{
 				Dir:                "testdata/script",
@@ -42,12 +124,22 @@ func TestScripts(t *testing.T) {
 				Setup: func(e *testscript.Env) error {
 					e.Setenv("STOREFS_STATE", filepath.Join(e.WorkDir, "state"))
 					e.Setenv("MODE", mode)
+					if withDaemon {
+						e.Setenv("STOREFS_TEST_DAEMON", "1")
+						e.Defer(func() {
+							if err := stopDaemons(e.WorkDir); err != nil {
+								e.T().Fatal(err)
+							}
+						})
+					}
 					return nil
 				},
 				Condition: func(cond string) (bool, error) {
 					switch cond {
 					case "blob", "disk":
 						return cond == mode, nil
+					case "daemon":
+						return withDaemon, nil
 					}
 					return false, fmt.Errorf("unknown condition %q", cond)
 				},
