@@ -419,3 +419,31 @@ func (rd Reader) Directory(d Digest) (*Directory, error) { return getDirectory(r
 func (r *Registry) View(fn func(Reader) error) error {
 	return r.view(func(tx *bolt.Tx) error { return fn(Reader{tx}) })
 }
+
+// Page returns up to n valid paths after the name `after` ("" = from the
+// start), in order, with their PathInfo (references not filled in): for
+// listings that need each path's tree root, such as the mount's root.
+func (r *Registry) Page(after string, n int) ([]*PathInfo, error) {
+	var out []*PathInfo
+	err := r.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPaths).Cursor()
+		var k, v []byte
+		if after == "" {
+			k, v = c.First()
+		} else {
+			k, v = c.Seek([]byte(after))
+			if k != nil && string(k) == after {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && len(out) < n; k, v = c.Next() {
+			pi, err := decodePathInfo(string(k), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, pi)
+		}
+		return nil
+	})
+	return out, err
+}

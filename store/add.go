@@ -679,8 +679,7 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 		if err := s.syncState(); err != nil {
 			return err
 		}
-		_, err := s.reg.Register([]registry.Registration{{Info: info, Dirs: dirs}})
-		return err
+		return s.register([]registry.Registration{{Info: info, Dirs: dirs}})
 	}
 
 	lock, err := s.lockPath(info.Path)
@@ -721,7 +720,7 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 		err = s.syncState()
 	}
 	if err == nil {
-		_, err = s.reg.Register([]registry.Registration{{Info: info}})
+		err = s.register([]registry.Registration{{Info: info}})
 	}
 	if err != nil {
 		removeAll(dst) // not valid, so nobody can depend on it

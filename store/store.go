@@ -92,6 +92,8 @@ type Store struct {
 
 	temp *TempRoots // the process's default temp roots
 
+	onChange func(added, removed []string) // see OnChange
+
 	// disk mode: `.links` deduplication
 	links    *cas.Links
 	linksMin int64
@@ -112,6 +114,19 @@ func (s *Store) StoreDir() string { return s.storeDir }
 
 // Mode is the store's mode.
 func (s *Store) Mode() Mode { return s.mode }
+
+// OnChange sets a function called after paths become valid or stop being
+// valid through this Store (base names), e.g. to tell a mount. It must not
+// block.
+func (s *Store) OnChange(fn func(added, removed []string)) { s.onChange = fn }
+
+func (s *Store) register(batch []registry.Registration) error {
+	added, err := s.reg.Register(batch)
+	if err == nil && len(added) > 0 && s.onChange != nil {
+		s.onChange(added, nil)
+	}
+	return err
+}
 
 // LinksMinSize is the `.links` threshold of a disk-mode store.
 func (s *Store) LinksMinSize() int64 { return s.linksMin }

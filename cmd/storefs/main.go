@@ -124,6 +124,7 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 		newOptimiseCommand(g),
 		newDemoCommand(g),
 		newDaemonCommand(g),
+		newMountCommand(g),
 	)
 	return root
 }

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"github.com/storefs/storefs/daemon"
+	"github.com/storefs/storefs/fs"
+	"github.com/storefs/storefs/store"
+)
+
+func newMountCommand(g *globals) *cobra.Command {
+	var o struct {
+		allowNonempty, allowOther, debug, noPassthrough bool
+	}
+	cmd := &cobra.Command{
+		Use:   "mount MOUNTPOINT",
+		Short: "Present a blob-mode store read-only through FUSE (foreground)",
+		Long: `Mount the store at MOUNTPOINT (for example /gnu/store as root, or any
+directory of your own) and serve it until SIGINT or SIGTERM, which unmount it.
+Items appear as <hash>-<name> directories (or files), read-only: directories
+0555, files 0444 or 0555, mtime 1, owned by you. While mounted, the process
+also serves <state>/daemon.sock, so 'storefs add' from another shell works
+and the new item appears in the mount at once.
+
+A mountpoint inside the state dir, or a non-empty one (unless
+--allow-nonempty), is refused; a stale mount left by a crash is cleared.
+As root, file reads go straight from the kernel to the blob files
+(passthrough, Linux 6.9+); otherwise they are spliced from the blob files.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := store.Open(g.stateDir(), g.options())
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if s.Mode() != store.ModeBlob {
+				return fmt.Errorf("mount: %s holds a disk-mode store: its items are real directories already, under %s", s.StateDir(), s.RealStoreDir())
+			}
+			mp, note, err := fs.CheckMountpoint(args[0], s.StateDir(), o.allowNonempty)
+			if err != nil {
+				return err
+			}
+			if note != "" {
+				fmt.Fprintf(g.stderr, "storefs mount: %s\n", note)
+			}
+			if err := s.Registry().Hold(); err != nil {
+				return err
+			}
+			defer s.Registry().Release()
+			root := fs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), fs.Options{
+				Logger:      g.log,
+				UID:         uint32(os.Getuid()),
+				GID:         uint32(os.Getgid()),
+				Passthrough: !o.noPassthrough && os.Geteuid() == 0,
+			})
+			s.OnChange(root.Changed)
+			srv, err := fs.Mount(mp, root, fs.MountOptions{AllowOther: o.allowOther, Debug: o.debug})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "storefs mount: %s mounted at %s; file reads: %s\n", s.StoreDir(), mp, fs.ReadPath(srv, root))
+
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			var wg sync.WaitGroup
+			var serveErr error
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				serveErr = daemon.Serve(ctx, s, daemon.Options{Logger: g.log})
+				if serveErr != nil {
+					cancel()
+				}
+			}()
+			unmounted := make(chan struct{})
+			go func() { srv.Wait(); close(unmounted) }()
+			select {
+			case <-ctx.Done():
+			case <-unmounted: // someone ran fusermount -u
+				cancel()
+			}
+			err = fs.Stop(srv, mp)
+			wg.Wait()
+			if err == nil {
+				fmt.Fprintf(g.stderr, "storefs mount: unmounted %s\n", mp)
+			}
+			return errors.Join(err, serveErr)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.allowNonempty, "allow-nonempty", false, "mount over a non-empty directory")
+	f.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)")
+	f.BoolVar(&o.debug, "debug", false, "log every FUSE request")
+	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve reads from the blob files even where passthrough is possible")
+	return cmd
+}

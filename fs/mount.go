@@ -1,0 +1,194 @@
+package fs
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// MountOptions configure Mount.
+type MountOptions struct {
+	AllowOther bool // let other users see the mount (needs user_allow_other for non-root)
+	Debug      bool // log every FUSE operation
+}
+
+// Mount mounts root at mountpoint, read-only, nosuid, nodev. The caller
+// checks the mountpoint first (CheckMountpoint).
+func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error) {
+	long := root.o.Timeout
+	var neg time.Duration // the root changes: never cache a miss
+	opts := &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:               "storefs:" + root.storeDir,
+			Name:                 "storefs",
+			Options:              []string{"ro", "nosuid", "nodev", "default_permissions"},
+			DirectMount:          os.Geteuid() == 0,
+			DirectMountFlags:     syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV,
+			AllowOther:           mo.AllowOther,
+			MaxBackground:        1024,
+			MaxWrite:             1 << 20,
+			MaxReadAhead:         1 << 20,
+			EnableSymlinkCaching: true,
+			IgnoreSecurityLabels: true,
+			MaxStackDepth:        2,
+			Debug:                mo.Debug,
+		},
+		EntryTimeout:    &long,
+		AttrTimeout:     &long,
+		NegativeTimeout: &neg,
+		UID:             root.o.UID,
+		GID:             root.o.GID,
+		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+	}
+	srv, err := gofs.Mount(mountpoint, root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	return srv, nil
+}
+
+// ReadPath says how file reads are served on this mount.
+func ReadPath(srv *fuse.Server, root *Root) string {
+	if root.o.Passthrough && srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 {
+		return "passthrough to the blob files (kernel reads them directly)"
+	}
+	why := "not root"
+	if os.Geteuid() == 0 {
+		why = "the kernel does not offer passthrough"
+		if !root.o.Passthrough {
+			why = "passthrough turned off"
+		}
+	}
+	return "reads spliced from the open blob files (" + why + ")"
+}
+
+// CheckMountpoint refuses a mountpoint inside the state dir (or holding
+// it) and a non-empty one (unless allowNonempty), creates a missing one, and
+// clears a stale mount left by a crashed storefs (whose directory answers
+// ENOTCONN). It returns the clean absolute path.
+func CheckMountpoint(mountpoint, state string, allowNonempty bool) (string, string, error) {
+	mp, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return "", "", err
+	}
+	note := ""
+	if _, err := os.Stat(mp); errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
+		if err := Unmount(mp, true); err != nil {
+			return "", "", fmt.Errorf("%s: a stale mount (its server died) could not be cleared: %w", mp, err)
+		}
+		note = "cleared a stale mount at " + mp
+	}
+	if err := os.MkdirAll(mp, 0o755); err != nil {
+		return "", "", err
+	}
+	if real, err := filepath.EvalSymlinks(mp); err == nil {
+		mp = real
+	}
+	st, err := filepath.Abs(state)
+	if err != nil {
+		return "", "", err
+	}
+	if real, err := filepath.EvalSymlinks(st); err == nil {
+		st = real
+	}
+	if within(mp, st) || within(st, mp) {
+		return "", "", fmt.Errorf("refusing to mount at %s: it is inside the state dir %s or contains it", mp, st)
+	}
+	if !allowNonempty {
+		f, err := os.Open(mp)
+		if err != nil {
+			return "", "", err
+		}
+		names, _ := f.Readdirnames(1)
+		f.Close()
+		if len(names) > 0 {
+			return "", "", fmt.Errorf("refusing to mount at %s: it is not empty (--allow-nonempty to hide its contents)", mp)
+		}
+	}
+	if mounted, _ := IsMounted(mp); mounted {
+		return "", "", fmt.Errorf("refusing to mount at %s: something is mounted there already", mp)
+	}
+	return mp, note, nil
+}
+
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// IsMounted reports whether a filesystem is mounted at mp (per
+// /proc/self/mountinfo).
+func IsMounted(mp string) (bool, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && unescape(fields[4]) == mp {
+			return true, nil
+		}
+	}
+	return false, sc.Err()
+}
+
+func unescape(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// Unmount unmounts mp: a plain unmount, or a lazy one (detach now, finish
+// when the last user lets go). Root uses umount2(2); other users fusermount3.
+func Unmount(mp string, lazy bool) error {
+	if os.Geteuid() == 0 {
+		flags := 0
+		if lazy {
+			flags = unix.MNT_DETACH
+		}
+		return unix.Unmount(mp, flags)
+	}
+	args := []string{"-u", "-q"}
+	if lazy {
+		args = append(args, "-z")
+	}
+	bin := "fusermount3"
+	if _, err := exec.LookPath(bin); err != nil {
+		bin = "fusermount"
+	}
+	out, err := exec.Command(bin, append(args, mp)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", bin, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Stop unmounts a served mount: it retries while the mount is busy, then
+// detaches it lazily, and waits for the server to finish.
+func Stop(srv *fuse.Server, mp string) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = srv.Unmount(); err == nil {
+			srv.Wait()
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if lerr := Unmount(mp, true); lerr != nil {
+		return fmt.Errorf("unmount %s: %v; lazy unmount: %w", mp, err, lerr)
+	}
+	srv.Wait()
+	return nil
+}
+

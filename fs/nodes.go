@@ -1,0 +1,233 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"sort"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/registry"
+)
+
+// nodeIdentity is a node's file type bits and stable inode number.
+func nodeIdentity(item, rel string, n registry.Node) (mode uint32, ino, gen uint64) {
+	switch n.Type {
+	case registry.TypeRegular:
+		ino, gen = fileIno(n.Key)
+		return syscall.S_IFREG, ino, gen
+	case registry.TypeSymlink:
+		return syscall.S_IFLNK, pathIno('l', item, rel), 0
+	}
+	return syscall.S_IFDIR, pathIno('d', item, rel), 0
+}
+
+// child makes the inode of node n at item/rel below parent and fills out.
+func (r *Root) child(ctx context.Context, parent *gofs.Inode, item, rel string, n registry.Node, out *fuse.EntryOut) *gofs.Inode {
+	mode, ino, gen := nodeIdentity(item, rel, n)
+	var node gofs.InodeEmbedder
+	switch n.Type {
+	case registry.TypeRegular:
+		f := &fileNode{root: r, node: n}
+		f.attr(&out.Attr)
+		node = f
+	case registry.TypeSymlink:
+		l := &symlinkNode{root: r, target: n.Target, ino: ino}
+		l.attr(&out.Attr)
+		node = l
+	default:
+		d := &dirNode{root: r, item: item, rel: rel, digest: n.Key, ino: ino}
+		r.dirAttr(&out.Attr, ino)
+		node = d
+	}
+	out.SetEntryTimeout(r.o.Timeout)
+	out.SetAttrTimeout(r.o.Timeout)
+	return parent.NewInode(ctx, node, gofs.StableAttr{Mode: mode, Ino: ino, Gen: gen})
+}
+
+// dirNode is a directory inside an item.
+type dirNode struct {
+	gofs.Inode
+	readOnly
+	root   *Root
+	item   string
+	rel    string
+	digest registry.Digest
+	ino    uint64
+}
+
+var (
+	_ gofs.NodeLookuper       = (*dirNode)(nil)
+	_ gofs.NodeOpendirHandler = (*dirNode)(nil)
+	_ gofs.NodeGetattrer      = (*dirNode)(nil)
+)
+
+func (d *dirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.root.dirAttr(&out.Attr, d.ino)
+	out.SetTimeout(d.root.o.Timeout)
+	return 0
+}
+
+func (d *dirNode) dir() (*registry.Directory, syscall.Errno) {
+	dir, err := d.root.dirs.get(d.root.reg, d.digest)
+	if err != nil {
+		return nil, d.root.errno("directory "+d.item+"/"+d.rel, err)
+	}
+	return dir, 0
+}
+
+func (d *dirNode) childRel(name string) string {
+	if d.rel == "" {
+		return name
+	}
+	return d.rel + "/" + name
+}
+
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	dir, errno := d.dir()
+	if errno != 0 {
+		return nil, errno
+	}
+	es := dir.Entries
+	i := sort.Search(len(es), func(i int) bool { return es[i].Name >= name })
+	if i == len(es) || es[i].Name != name {
+		out.SetEntryTimeout(d.root.o.Timeout) // items never change: cache the miss
+		return nil, syscall.ENOENT
+	}
+	return d.root.child(ctx, &d.Inode, d.item, d.childRel(name), es[i].Node, out), 0
+}
+
+// OpendirHandle lists the directory from its (immutable) record and lets
+// the kernel cache the listing.
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	dir, errno := d.dir()
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	list := make([]fuse.DirEntry, len(dir.Entries))
+	for i, e := range dir.Entries {
+		mode, ino, _ := nodeIdentity(d.item, d.childRel(e.Name), e.Node)
+		list[i] = fuse.DirEntry{Name: e.Name, Mode: mode, Ino: ino}
+	}
+	return gofs.NewListDirStream(list), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// fileNode is a regular file: its bytes are the blob Key.
+type fileNode struct {
+	gofs.Inode
+	readOnly
+	root *Root
+	node registry.Node
+}
+
+var (
+	_ gofs.NodeOpener    = (*fileNode)(nil)
+	_ gofs.NodeGetattrer = (*fileNode)(nil)
+)
+
+func (f *fileNode) attr(a *fuse.Attr) {
+	a.Ino, _ = fileIno(f.node.Key)
+	a.Mode = syscall.S_IFREG | 0o444
+	if f.node.Executable {
+		a.Mode |= 0o111
+	}
+	a.Nlink = 1
+	a.Size = uint64(f.node.Size)
+	a.Blocks = (a.Size + 511) / 512
+	a.Blksize = 4096
+	setTimes(a)
+	a.Owner = fuse.Owner{Uid: f.root.o.UID, Gid: f.root.o.GID}
+}
+
+func (f *fileNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.attr(&out.Attr)
+	out.SetTimeout(f.root.o.Timeout)
+	return 0
+}
+
+func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND|syscall.O_CREAT) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	if f.node.Size == 0 {
+		return emptyFile{}, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	b, err := os.Open(f.root.blobs.Path(cas.Key(f.node.Key)))
+	if err != nil {
+		return nil, 0, f.root.errno("open blob "+cas.Key(f.node.Key).String(), err)
+	}
+	return &blobFile{f: b, passthrough: f.root.o.Passthrough}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+}
+
+// blobFile is an open blob: the kernel reads it directly (passthrough) or
+// we splice from its descriptor. A blob collected while open stays readable
+// through it.
+type blobFile struct {
+	f           *os.File
+	passthrough bool
+}
+
+var (
+	_ gofs.FileReader          = (*blobFile)(nil)
+	_ gofs.FileReleaser        = (*blobFile)(nil)
+	_ gofs.FilePassthroughFder = (*blobFile)(nil)
+)
+
+func (b *blobFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultFd(b.f.Fd(), off, len(dest)), 0
+}
+
+func (b *blobFile) PassthroughFd() (int, bool) {
+	if !b.passthrough {
+		return 0, false
+	}
+	return int(b.f.Fd()), true
+}
+
+func (b *blobFile) Release(ctx context.Context) syscall.Errno {
+	b.f.Close()
+	return 0
+}
+
+// emptyFile is an open empty file (empty files have no blob).
+type emptyFile struct{}
+
+func (emptyFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultData(nil), 0
+}
+
+// symlinkNode is a symlink; the kernel caches its target.
+type symlinkNode struct {
+	gofs.Inode
+	readOnly
+	root   *Root
+	target string
+	ino    uint64
+}
+
+var (
+	_ gofs.NodeReadlinker = (*symlinkNode)(nil)
+	_ gofs.NodeGetattrer  = (*symlinkNode)(nil)
+)
+
+func (l *symlinkNode) attr(a *fuse.Attr) {
+	a.Ino = l.ino
+	a.Mode = syscall.S_IFLNK | 0o777
+	a.Nlink = 1
+	a.Size = uint64(len(l.target))
+	setTimes(a)
+	a.Owner = fuse.Owner{Uid: l.root.o.UID, Gid: l.root.o.GID}
+}
+
+func (l *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	return []byte(l.target), 0
+}
+
+func (l *symlinkNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	l.attr(&out.Attr)
+	out.SetTimeout(l.root.o.Timeout)
+	return 0
+}

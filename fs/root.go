@@ -1,0 +1,195 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/registry"
+)
+
+// Options configure the view.
+type Options struct {
+	Logger *slog.Logger
+	// UID and GID own every file (the mounting user by default).
+	UID, GID uint32
+	// Passthrough asks for kernel passthrough to blob files (needs root
+	// and Linux 6.9+; go-fuse falls back to reads from the blob fd).
+	Passthrough bool
+	// Timeout is the kernel's entry and attribute timeout for item
+	// contents (immutable); one hour when zero.
+	Timeout time.Duration
+}
+
+// Root is the store directory: it lists the valid paths.
+type Root struct {
+	gofs.Inode
+	readOnly
+	reg      *registry.Registry
+	blobs    *cas.Blobs
+	storeDir string
+	o        Options
+	log      *slog.Logger
+	dirs     *dirCache
+
+	notifyMu sync.Mutex
+}
+
+// NewRoot returns the root of a view of the store whose registry and blob
+// area are given.
+func NewRoot(reg *registry.Registry, blobs *cas.Blobs, storeDir string, o Options) *Root {
+	if o.Timeout == 0 {
+		o.Timeout = time.Hour
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Root{reg: reg, blobs: blobs, storeDir: storeDir, o: o, log: log, dirs: newDirCache(8192)}
+}
+
+var (
+	_ gofs.NodeLookuper  = (*Root)(nil)
+	_ gofs.NodeReaddirer = (*Root)(nil)
+	_ gofs.NodeGetattrer = (*Root)(nil)
+	_ gofs.NodeStatfser  = (*Root)(nil)
+)
+
+func (r *Root) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	r.dirAttr(&out.Attr, 1)
+	return 0
+}
+
+func (r *Root) dirAttr(a *fuse.Attr, ino uint64) {
+	a.Ino = ino
+	a.Mode = syscall.S_IFDIR | 0o555
+	a.Nlink = 2
+	a.Size = 4096
+	a.Blksize = 4096
+	setTimes(a)
+	a.Owner = fuse.Owner{Uid: r.o.UID, Gid: r.o.GID}
+}
+
+func setTimes(a *fuse.Attr) {
+	a.Mtime, a.Atime, a.Ctime = 1, 1, 1
+}
+
+// Lookup finds a valid path by its base name.
+func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	pi, err := r.reg.Get(name)
+	if err != nil {
+		if errors.Is(err, registry.ErrNotValid) {
+			return nil, syscall.ENOENT
+		}
+		return nil, r.errno("lookup "+name, err)
+	}
+	return r.child(ctx, &r.Inode, pi.Path, "", pi.Root, out), 0
+}
+
+// Readdir streams the valid paths from the registry, a page at a time.
+func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	return &rootStream{r: r}, 0
+}
+
+type rootStream struct {
+	r     *Root
+	page  []*registry.PathInfo
+	i     int
+	after string
+	done  bool
+	err   syscall.Errno
+}
+
+const rootPage = 1024
+
+func (s *rootStream) fill() {
+	if s.i < len(s.page) || s.done {
+		return
+	}
+	page, err := s.r.reg.Page(s.after, rootPage)
+	if err != nil {
+		s.err = s.r.errno("readdir", err)
+		s.done = true
+		return
+	}
+	s.page, s.i = page, 0
+	if len(page) < rootPage {
+		s.done = true
+	}
+	if len(page) > 0 {
+		s.after = page[len(page)-1].Path
+	}
+}
+
+func (s *rootStream) HasNext() bool {
+	s.fill()
+	return s.i < len(s.page) || s.err != 0
+}
+
+func (s *rootStream) Next() (fuse.DirEntry, syscall.Errno) {
+	if s.err != 0 {
+		err := s.err
+		s.err = 0
+		return fuse.DirEntry{}, err
+	}
+	pi := s.page[s.i]
+	s.i++
+	mode, ino, _ := nodeIdentity(pi.Path, "", pi.Root)
+	return fuse.DirEntry{Name: pi.Path, Mode: mode, Ino: ino}, 0
+}
+
+func (s *rootStream) Close() {}
+
+func (r *Root) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(r.blobs.Dir(), &st); err != nil {
+		return r.errno("statfs", err)
+	}
+	out.FromStatfsT(&st)
+	out.NameLen = 255
+	return 0
+}
+
+// errno maps an error to the errno FUSE returns, in one place. Unknown
+// errors are logged and become EIO.
+func (r *Root) errno(op string, err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	case errors.Is(err, registry.ErrNotValid), errors.Is(err, syscall.ENOENT):
+		return syscall.ENOENT
+	}
+	r.log.Error("storefs mount: "+op, "err", err)
+	return syscall.EIO
+}
+
+// Changed tells the kernel about paths that became valid or stopped being
+// valid, from a goroutine of its own (never from a FUSE handler).
+func (r *Root) Changed(added, removed []string) {
+	if len(added) == 0 && len(removed) == 0 {
+		return
+	}
+	go func() {
+		r.notifyMu.Lock()
+		defer r.notifyMu.Unlock()
+		for _, name := range added {
+			r.NotifyEntry(name) // drops a negative dentry, if any
+		}
+		for _, name := range removed {
+			if ch := r.GetChild(name); ch != nil {
+				r.NotifyDelete(name, ch)
+			} else {
+				r.NotifyEntry(name)
+			}
+		}
+	}()
+}
