@@ -191,4 +191,3 @@ func Stop(srv *fuse.Server, mp string) error {
 	srv.Wait()
 	return nil
 }
-
