@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -194,8 +196,11 @@ func (c *Client) Session(ctx context.Context) (end func(), err error) {
 	}, nil
 }
 
-func refsQuery(name string, refs []string, noDedup bool) url.Values {
+func refsQuery(name string, refs []string, noDedup bool, root string) url.Values {
 	q := url.Values{}
+	if root != "" {
+		q.Set("root", root)
+	}
 	if name != "" {
 		q.Set("name", name)
 	}
@@ -247,7 +252,7 @@ func (c *Client) Add(ctx context.Context, src string, o store.AddOptions) (strin
 	body := dumpSource(src, o.Progress)
 	defer body.Close()
 	var res AddResult
-	if err := c.postNAR(ctx, "/v1/add", refsQuery(name, o.Refs, o.NoDedup), body, &res); err != nil {
+	if err := c.postNAR(ctx, "/v1/add", refsQuery(name, o.Refs, o.NoDedup, o.Root), body, &res); err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
 	}
 	if o.Dedup != nil && res.Dedup != nil {
@@ -281,7 +286,7 @@ func (c *Client) PathOf(ctx context.Context, src string, o store.AddOptions) (st
 	body := dumpSource(src, nil)
 	defer body.Close()
 	var res AddResult
-	if err := c.postNAR(ctx, "/v1/path", refsQuery(name, o.Refs, false), body, &res); err != nil {
+	if err := c.postNAR(ctx, "/v1/path", refsQuery(name, o.Refs, false, ""), body, &res); err != nil {
 		return "", err
 	}
 	return res.Path, nil
@@ -293,7 +298,7 @@ func (c *Client) Import(ctx context.Context, r io.Reader, o store.ImportOptions)
 		r = io.TeeReader(r, &progressWriter{w: io.Discard, fn: o.Progress.Bytes})
 	}
 	var res AddResult
-	if err := c.postNAR(ctx, "/v1/import", refsQuery(o.Name, o.Refs, o.NoDedup), r, &res); err != nil {
+	if err := c.postNAR(ctx, "/v1/import", refsQuery(o.Name, o.Refs, o.NoDedup, o.Root), r, &res); err != nil {
 		return "", err
 	}
 	if o.Dedup != nil && res.Dedup != nil {
@@ -394,6 +399,9 @@ func (c *Client) Verify(ctx context.Context, o store.VerifyOptions) (*store.Veri
 	if o.Contents {
 		q.Set("contents", "1")
 	}
+	if o.Repair {
+		q.Set("repair", "1")
+	}
 	var rep store.VerifyReport
 	if err := c.postJSON(ctx, "/v1/verify", q, nil, &rep); err != nil {
 		return nil, err
@@ -406,4 +414,47 @@ func (c *Client) Optimise(ctx context.Context) (cas.DedupStats, error) {
 	var st cas.DedupStats
 	err := c.postJSON(ctx, "/v1/optimise", nil, nil, &st)
 	return st, err
+}
+
+// Roots lists the GC roots.
+func (c *Client) Roots() ([]store.Root, error) {
+	var roots []store.Root
+	err := c.getJSON(context.Background(), "/v1/roots", &roots)
+	return roots, err
+}
+
+// AddRoot makes a permanent root.
+func (c *Client) AddRoot(ctx context.Context, name, p string, indirect bool) (store.Root, error) {
+	if indirect {
+		if abs, err := filepath.Abs(name); err == nil {
+			name = abs // the daemon's working directory is not ours
+		}
+	}
+	var root store.Root
+	err := c.postJSON(ctx, "/v1/roots", nil, RootRequest{Name: name, Path: p, Indirect: indirect}, &root)
+	return root, err
+}
+
+// RemoveRoot removes a root.
+func (c *Client) RemoveRoot(name string) error {
+	if strings.Contains(name, "/") {
+		if abs, err := filepath.Abs(name); err == nil {
+			name = abs
+		}
+	}
+	resp, err := c.do(context.Background(), "DELETE", "/v1/roots", url.Values{"name": {name}}, nil, "")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// CollectGarbage runs a collection in the daemon.
+func (c *Client) CollectGarbage(ctx context.Context, o store.GCOptions) (*store.GCResult, error) {
+	var res store.GCResult
+	if err := c.postJSON(ctx, "/v1/gc", nil, o, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }

@@ -224,6 +224,10 @@ func (srv *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/verify", srv.handleVerify)
 	mux.HandleFunc("POST /v1/optimise", srv.handleOptimise)
 	mux.HandleFunc("POST /v1/session", srv.handleSession)
+	mux.HandleFunc("GET /v1/roots", srv.handleRoots)
+	mux.HandleFunc("POST /v1/roots", srv.handleAddRoot)
+	mux.HandleFunc("DELETE /v1/roots", srv.handleRemoveRoot)
+	mux.HandleFunc("POST /v1/gc", srv.handleGC)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cred, _ := r.Context().Value(credKey{}).(*unix.Ucred)
 		if !srv.allowed(cred) {
@@ -356,7 +360,63 @@ type AddResult struct {
 
 func importOptions(r *http.Request) store.ImportOptions {
 	q := r.URL.Query()
-	return store.ImportOptions{Name: q.Get("name"), Refs: q["ref"], NoDedup: q.Get("nodedup") == "1"}
+	return store.ImportOptions{Name: q.Get("name"), Refs: q["ref"], NoDedup: q.Get("nodedup") == "1", Root: q.Get("root")}
+}
+
+func (srv *Server) handleRoots(w http.ResponseWriter, r *http.Request) {
+	roots, err := srv.s.Roots()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if roots == nil {
+		roots = []store.Root{}
+	}
+	writeJSON(w, http.StatusOK, roots)
+}
+
+// RootRequest asks for a root: Name under gcroots, or with Indirect a link
+// anywhere.
+type RootRequest struct {
+	Name     string `json:"name"`
+	Path     string `json:"path"`
+	Indirect bool   `json:"indirect,omitempty"`
+}
+
+func (srv *Server) handleAddRoot(w http.ResponseWriter, r *http.Request) {
+	var req RootRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("bad request body: %w", err))
+		return
+	}
+	root, err := srv.s.AddRoot(r.Context(), req.Name, req.Path, req.Indirect)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, root)
+}
+
+func (srv *Server) handleRemoveRoot(w http.ResponseWriter, r *http.Request) {
+	if err := srv.s.RemoveRoot(r.URL.Query().Get("name")); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+func (srv *Server) handleGC(w http.ResponseWriter, r *http.Request) {
+	var o store.GCOptions
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<20)).Decode(&o); err != nil {
+		writeError(w, fmt.Errorf("bad request body: %w", err))
+		return
+	}
+	res, err := srv.s.CollectGarbage(r.Context(), o)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (srv *Server) handleAdd(w http.ResponseWriter, r *http.Request) {
@@ -470,7 +530,8 @@ func (srv *Server) handleCat(w http.ResponseWriter, r *http.Request) {
 }
 
 func (srv *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
-	rep, err := srv.s.Verify(r.Context(), store.VerifyOptions{Contents: r.URL.Query().Get("contents") == "1"})
+	q := r.URL.Query()
+	rep, err := srv.s.Verify(r.Context(), store.VerifyOptions{Contents: q.Get("contents") == "1", Repair: q.Get("repair") == "1"})
 	if err != nil {
 		writeError(w, err)
 		return
@@ -533,4 +594,3 @@ func (srv *Server) closeSessions() {
 		}
 	}
 }
-

@@ -59,6 +59,9 @@ type AddOptions struct {
 	NoDedup bool
 	// Dedup, if set, receives what deduplication did (disk mode).
 	Dedup *cas.DedupStats
+	// Root, if set, names a permanent GC root (gcroots/ROOT) made for the
+	// path as part of the add.
+	Root string
 }
 
 // SourceStats describe a source tree (for progress bars).
@@ -231,7 +234,22 @@ func (s *Store) PathOf(ctx context.Context, src string, o AddOptions) (string, e
 
 // Add copies the tree at src into the store and returns its store path.
 // Adding an item that is already valid changes nothing and returns its path.
+// With o.Root, the path is also made a permanent GC root before the add's
+// temp root can go, so no collection can come in between.
 func (s *Store) Add(ctx context.Context, src string, o AddOptions) (string, error) {
+	for attempt := 1; ; attempt++ {
+		p, err := s.add(ctx, src, o)
+		if errors.Is(err, errBlobCollected) && attempt < 3 {
+			continue
+		}
+		if err == nil && o.Root != "" {
+			_, err = s.AddRoot(ctx, o.Root, p, false)
+		}
+		return p, err
+	}
+}
+
+func (s *Store) add(ctx context.Context, src string, o AddOptions) (string, error) {
 	name, err := nameFor(src, o.Name)
 	if err != nil {
 		return "", err
@@ -407,6 +425,10 @@ func (it *item) skeleton(n *node) error {
 }
 
 var errChanged = errors.New("file changed while it was being added")
+
+// errBlobCollected: a blob an add relied on was collected before the add
+// registered its item; Add starts again (it re-reads its source).
+var errBlobCollected = errors.New("a collection removed a blob this add relied on")
 
 // readExact reads a file that must have exactly size bytes.
 func readExact(path string, size int64) ([]byte, error) {
@@ -665,21 +687,12 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 	s := it.s
 	info.RegistrationTime = time.Now()
 	if s.mode == ModeBlob {
-		if ok, err := s.reg.IsValid(info.Path); err != nil || ok {
-			return err
-		}
-		if err := it.temp.Add(info.Path); err != nil {
+		if valid, err := s.tempRoot(it.temp, info.Path); err != nil || valid {
 			return err
 		}
 		dirs := map[registry.Digest][]byte{}
 		info.Root = treeRecords(root, dirs)
-		if err := it.batch.Commit(); err != nil {
-			return err
-		}
-		if err := s.syncState(); err != nil {
-			return err
-		}
-		return s.register([]registry.Registration{{Info: info, Dirs: dirs}})
+		return s.registerChecked(info, dirs, root, it.batch)
 	}
 
 	lock, err := s.lockPath(info.Path)
@@ -687,13 +700,10 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 		return err
 	}
 	defer lock.unlock()
-	if ok, err := s.reg.IsValid(info.Path); err != nil || ok {
-		return err
-	}
 	// Temp-root the path before it appears in the store, until it is
 	// registered (the finalize-store-file fix): a collector running between
 	// the rename and the registration must not delete it.
-	if err := it.temp.Add(info.Path); err != nil {
+	if valid, err := s.tempRoot(it.temp, info.Path); err != nil || valid {
 		return err
 	}
 	it.linkPending()
@@ -720,10 +730,72 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 		err = s.syncState()
 	}
 	if err == nil {
-		err = s.register([]registry.Registration{{Info: info}})
+		err = s.registerChecked(info, nil, nil, nil)
 	}
 	if err != nil {
 		removeAll(dst) // not valid, so nobody can depend on it
 	}
 	return err
+}
+
+// tempRoot temp-roots base and reports whether it is valid already, both
+// under the shared GC lock: a collection either saw the temp root, or had
+// finished deleting the path (which then is not valid, and is made again).
+func (s *Store) tempRoot(t *TempRoots, base string) (valid bool, err error) {
+	unlock, err := s.lockGC(false)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	if err := t.Add(base); err != nil {
+		return false, err
+	}
+	return s.reg.IsValid(base)
+}
+
+// registerChecked registers under the shared GC lock. In blob mode it moves
+// the item's new blobs into the blob area and makes them durable under that
+// lock too (a collection sweeps unnamed blobs), then checks that every blob
+// the tree names is present: the add may have found a blob present, and not
+// written it, that a collection removed since, as the blob was unnamed then.
+func (s *Store) registerChecked(info *registry.PathInfo, dirs map[registry.Digest][]byte, root *node, batch *cas.Batch) error {
+	unlock, err := s.lockGC(false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if batch != nil {
+		if err := batch.Commit(); err != nil {
+			return err
+		}
+		if err := s.syncState(); err != nil {
+			return err
+		}
+	}
+	if root != nil {
+		seen := map[cas.Key]bool{}
+		var missing error
+		var walk func(n *node)
+		walk = func(n *node) {
+			switch {
+			case missing != nil:
+			case n.typ == nar.TypeRegular && n.size > 0 && !seen[n.key]:
+				seen[n.key] = true
+				if ok, err := s.blobs.Has(n.key); err != nil {
+					missing = err
+				} else if !ok {
+					missing = fmt.Errorf("%w: blob %s (adding %s)", errBlobCollected, n.key, info.Path)
+				}
+			case n.typ == nar.TypeDirectory:
+				for _, k := range n.kids {
+					walk(k)
+				}
+			}
+		}
+		walk(root)
+		if missing != nil {
+			return missing
+		}
+	}
+	return s.register([]registry.Registration{{Info: info, Dirs: dirs}})
 }

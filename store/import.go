@@ -28,6 +28,7 @@ type ImportOptions struct {
 	Progress *Progress
 	NoDedup  bool            // disk mode: no `.links` deduplication
 	Dedup    *cas.DedupStats // if set, receives what deduplication did
+	Root     string          // if set, a permanent GC root made for the path
 }
 
 // Import reads one NAR from r (strictly: see package nar) and adds it as a
@@ -74,6 +75,11 @@ func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, pre
 	}
 	if err := it.finish(root, info); err != nil {
 		return "", fmt.Errorf("%s%w", prefix, err)
+	}
+	if o.Root != "" {
+		if _, err := s.AddRoot(ctx, o.Root, p, false); err != nil {
+			return "", err
+		}
 	}
 	return p, nil
 }

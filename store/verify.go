@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/storefs/storefs/nar"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -21,6 +23,10 @@ import (
 // VerifyOptions configure Verify.
 type VerifyOptions struct {
 	Contents bool // recompute every item's NAR hash and every blob's key
+	// Repair removes registrations whose contents are gone when nothing
+	// valid refers to them, and (with Contents) `.links` entries whose
+	// content no longer matches their name.
+	Repair   bool
 	Progress *Progress
 }
 
@@ -29,6 +35,7 @@ type VerifyReport struct {
 	Paths    int      `json:"paths"`
 	Blobs    int      `json:"blobs,omitempty"`
 	Problems []string `json:"problems"`
+	Repaired []string `json:"repaired,omitempty"`
 }
 
 // Verify checks the registry's invariants, that every valid path's contents
@@ -61,9 +68,12 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 		item string
 	}
 	blobsNamed := map[cas.Key]named{}
+	users := map[cas.Key][]string{} // the items naming each blob
+	gone := map[string]bool{}       // items whose contents are missing
 	for _, pi := range infos {
 		if s.mode == ModeDisk {
 			if _, err := os.Lstat(filepath.Join(s.RealStoreDir(), pi.Path)); err != nil {
+				gone[pi.Path] = true
 				problem("%s: contents missing: %v", s.FullPath(pi.Path), err)
 			}
 			continue
@@ -77,18 +87,27 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 			if _, ok := blobsNamed[k]; !ok {
 				blobsNamed[k] = named{size, pi.Path}
 			}
+			if u := users[k]; len(u) == 0 || u[len(u)-1] != pi.Path {
+				users[k] = append(u, pi.Path)
+			}
 		})
 	}
 	for k, n := range blobsNamed {
 		st, err := os.Lstat(s.blobs.Path(k))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
+			for _, item := range users[k] {
+				gone[item] = true
+			}
 			problem("%s: was modified! blob %s is missing", s.FullPath(n.item), k)
 		case err != nil:
 			return nil, err
 		case !st.Mode().IsRegular() || st.Size() != n.size:
 			problem("%s: was modified! blob %s has %d bytes, want %d", s.FullPath(n.item), k, st.Size(), n.size)
 		}
+	}
+	if o.Repair && len(gone) > 0 {
+		s.repairGone(gone, rep)
 	}
 	if !o.Contents {
 		sortProblems(rep)
@@ -152,8 +171,88 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 			return nil, err
 		}
 	}
+	if s.mode == ModeDisk {
+		if err := s.verifyLinks(ctx, o.Repair, rep, problem); err != nil {
+			return nil, err
+		}
+	}
 	sortProblems(rep)
 	return rep, nil
+}
+
+// repairGone removes the registrations of items whose contents are gone and
+// that nothing valid (outside the gone set) refers to, as Guix's verify does
+// ("path ... disappeared, removing from database"). Their problems go.
+func (s *Store) repairGone(gone map[string]bool, rep *VerifyReport) {
+	unlock, err := s.lockGC(true)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	var names []string
+	for n := range gone {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		removed, err := s.reg.Invalidate([]string{n})
+		if err != nil || len(removed) == 0 {
+			continue // still referred to: the problem stays
+		}
+		rep.Repaired = append(rep.Repaired, fmt.Sprintf("%s: contents gone, removed from the registry", s.FullPath(n)))
+		kept := rep.Problems[:0]
+		for _, p := range rep.Problems {
+			if !strings.HasPrefix(p, s.FullPath(n)+":") {
+				kept = append(kept, p)
+			}
+		}
+		rep.Problems = kept
+		if s.onChange != nil {
+			s.onChange(nil, []string{n})
+		}
+	}
+}
+
+// verifyLinks checks that every `.links` entry's content hashes to its name;
+// with repair, a bad entry is unlinked (the items sharing it are reported
+// by the NAR-hash check).
+func (s *Store) verifyLinks(ctx context.Context, repair bool, rep *VerifyReport, problem func(string, ...any)) error {
+	ents, err := os.ReadDir(s.links.Dir())
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	for _, e := range ents {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		k, perr := cas.ParseKey(e.Name())
+		if perr != nil {
+			continue // temp links
+		}
+		p := filepath.Join(s.links.Dir(), e.Name())
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		sum, herr := nar.HashFile(fi.Mode()&0o100 != 0, fi.Size(), f)
+		f.Close()
+		if herr == nil && cas.Key(sum) == k {
+			continue
+		}
+		if repair && os.Remove(p) == nil {
+			rep.Repaired = append(rep.Repaired, fmt.Sprintf("link %s was modified: removed it", p))
+			continue
+		}
+		problem("link %s was modified! its content hashes to %s", p, cas.Key(sum))
+	}
+	return nil
 }
 
 func sortProblems(rep *VerifyReport) { sort.Strings(rep.Problems) }

@@ -26,6 +26,10 @@ type backend interface {
 	Cat(ctx context.Context, w io.Writer, p string) error
 	Verify(ctx context.Context, o store.VerifyOptions) (*store.VerifyReport, error)
 	Optimise(ctx context.Context) (cas.DedupStats, error)
+	Roots() ([]store.Root, error)
+	AddRoot(ctx context.Context, name, p string, indirect bool) (store.Root, error)
+	RemoveRoot(name string) error
+	CollectGarbage(ctx context.Context, o store.GCOptions) (*store.GCResult, error)
 	Close() error
 }
 

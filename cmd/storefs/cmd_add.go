@@ -13,8 +13,9 @@ func newAddCommand(g *globals) *cobra.Command {
 	var name string
 	var refs []string
 	var noDedup bool
+	var root string
 	cmd := &cobra.Command{
-		Use:   "add [--name NAME] [--ref STOREPATH]... [--no-dedup] PATH...",
+		Use:   "add [--name NAME] [--ref STOREPATH]... [--no-dedup] [--root NAME] PATH...",
 		Short: "Add files or trees to the store; prints one store path per line",
 		Long: `Add each PATH (a file, a symlink or a directory tree) to the store and print
 its store path. Without --ref the path is the one 'nix-store --add' and Guix's
@@ -29,6 +30,9 @@ through <state>/store/.links as they are added: a file whose content the store
 already has is hard-linked instead of written. --no-dedup turns that off.`,
 		Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if root != "" && len(args) > 1 {
+				return usagef("--root applies to one PATH, got %d", len(args))
+			}
 			if cmd.Flags().Changed("name") {
 				if len(args) > 1 {
 					return usagef("--name applies to one PATH, got %d", len(args))
@@ -57,7 +61,7 @@ already has is hard-linked instead of written. --no-dedup turns that off.`,
 				} else {
 					p = newProgress(g, "", 0, 0)
 				}
-				path, err := s.Add(cmd.Context(), src, store.AddOptions{Name: name, Refs: refs, Progress: p.hooks(), NoDedup: noDedup, Dedup: &dedup})
+				path, err := s.Add(cmd.Context(), src, store.AddOptions{Name: name, Refs: refs, Progress: p.hooks(), NoDedup: noDedup, Dedup: &dedup, Root: root})
 				p.done()
 				if err != nil {
 					return err
@@ -70,6 +74,7 @@ already has is hard-linked instead of written. --no-dedup turns that off.`,
 	cmd.Flags().StringVar(&name, "name", "", "store path name (default: the base name of PATH)")
 	cmd.Flags().StringArrayVar(&refs, "ref", nil, "record STOREPATH as a reference (repeatable)")
 	cmd.Flags().BoolVar(&noDedup, "no-dedup", false, "disk mode: do not deduplicate through .links")
+	cmd.Flags().StringVar(&root, "root", "", "also make the path a GC root <state>/gcroots/NAME (no window for a collection)")
 	return cmd
 }
 

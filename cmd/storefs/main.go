@@ -125,6 +125,9 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 		newDemoCommand(g),
 		newDaemonCommand(g),
 		newMountCommand(g),
+		newRootsCommand(g),
+		newGCCommand(g),
+		newDeleteCommand(g),
 	)
 	return root
 }

@@ -1,0 +1,449 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/gc"
+	"github.com/storefs/storefs/registry"
+)
+
+// GCOptions configure CollectGarbage.
+type GCOptions struct {
+	// DryRun computes what would be deleted and deletes nothing.
+	DryRun bool
+	// MaxFreed stops the collection once the deleted paths' NAR sizes add
+	// up to this many bytes (0: no limit).
+	MaxFreed int64
+	// RuntimeRoots also keeps paths that running processes have open,
+	// mapped, as their executable or as their working directory.
+	RuntimeRoots bool
+	// Paths, if set, deletes only these paths (and their dead referrers),
+	// refusing if any is alive: `storefs delete`.
+	Paths []string
+}
+
+// GCResult reports a collection.
+type GCResult struct {
+	Roots   []Root   `json:"roots"`
+	Live    []string `json:"live,omitempty"`
+	Dead    []string `json:"dead,omitempty"`
+	Deleted []string `json:"deleted"`
+	// Freed is the bytes removed from disk (files, blobs, .links entries).
+	Freed int64 `json:"freed"`
+	// LinksRemoved and BlobsRemoved count the pruned .links entries (disk
+	// mode) and unnamed blobs (blob mode).
+	LinksRemoved int `json:"linksRemoved,omitempty"`
+	BlobsRemoved int `json:"blobsRemoved,omitempty"`
+}
+
+// ErrAlive: a path asked to be deleted is reachable from a root.
+var ErrAlive = errors.New("is still alive")
+
+// tempRootReader reads every process's temp roots, incrementally: each
+// refresh reads what was appended since the last.
+type tempRootReader struct {
+	s       *Store
+	offsets map[string]int64
+	roots   map[string]bool
+}
+
+func (s *Store) newTempRootReader() *tempRootReader {
+	return &tempRootReader{s: s, offsets: map[string]int64{}, roots: map[string]bool{}}
+}
+
+// refresh reads new temp roots; files of processes that died (no lock held
+// on them) are removed and marked stale ("d") for a racing creator.
+func (r *tempRootReader) refresh() error {
+	ents, err := os.ReadDir(r.s.tempRootDir())
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	for _, e := range ents {
+		p := filepath.Join(r.s.tempRootDir(), e.Name())
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			r.s.log.Info("removing stale temporary roots file", "file", p)
+			os.Remove(p)
+			f.Write([]byte("d"))
+			f.Close()
+			delete(r.offsets, e.Name())
+			continue
+		}
+		off := r.offsets[e.Name()]
+		b, err := io.ReadAll(io.NewSectionReader(f, off, 1<<40))
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if i := strings.LastIndexByte(string(b), 0); i >= 0 {
+			for _, name := range strings.Split(string(b[:i]), "\x00") {
+				r.roots[name] = true
+			}
+			r.offsets[e.Name()] = off + int64(i) + 1
+		}
+	}
+	return nil
+}
+
+// runtimeRoots are the store paths running processes use: their exe, cwd,
+// open files and mappings, under the logical store dir (a mount) or the
+// real one (disk mode).
+func (s *Store) runtimeRoots() map[string]bool {
+	out := map[string]bool{}
+	prefixes := []string{s.storeDir + "/", s.RealStoreDir() + "/"}
+	add := func(p string) {
+		for _, pre := range prefixes {
+			if rest, ok := strings.CutPrefix(p, pre); ok {
+				base, _, _ := strings.Cut(rest, "/")
+				if _, _, err := ParseBaseName(base); err == nil {
+					out[base] = true
+				}
+			}
+		}
+	}
+	pids, _ := os.ReadDir("/proc")
+	for _, d := range pids {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		dir := filepath.Join("/proc", d.Name())
+		for _, l := range []string{"exe", "cwd"} {
+			if t, err := os.Readlink(filepath.Join(dir, l)); err == nil {
+				add(t)
+			}
+		}
+		if fds, err := os.ReadDir(filepath.Join(dir, "fd")); err == nil {
+			for _, fd := range fds {
+				if t, err := os.Readlink(filepath.Join(dir, "fd", fd.Name())); err == nil {
+					add(t)
+				}
+			}
+		}
+		if maps, err := os.ReadFile(filepath.Join(dir, "maps")); err == nil {
+			for _, line := range strings.Split(string(maps), "\n") {
+				if i := strings.IndexByte(line, '/'); i >= 0 {
+					add(strings.TrimSuffix(line[i:], " (deleted)"))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// liveSet computes the live paths: the closure over references of the
+// roots, the temp roots and (optionally) the runtime roots.
+func (s *Store) liveSet(g map[string][]string, roots []Root, temp map[string]bool, runtime map[string]bool) map[string]bool {
+	var start []string
+	for _, r := range roots {
+		start = append(start, filepath.Base(r.Path))
+	}
+	for b := range temp {
+		start = append(start, b)
+	}
+	for b := range runtime {
+		start = append(start, b)
+	}
+	return gc.Live(start, func(n string) ([]string, bool) { refs, ok := g[n]; return refs, ok })
+}
+
+// CollectGarbage deletes the valid paths no root, temp root or (with
+// RuntimeRoots) running process keeps alive, referrers before their
+// references, each invalidated in the registry before its files go; then
+// it prunes `.links` entries nothing uses any more (disk mode) or blobs no
+// valid tree names (blob mode).
+//
+// Locking (reference: temp roots): the exclusive gc.lock is held while the
+// roots and temp roots are read and during each path's deletion and the
+// final sweep, never for the whole run. Adders temp-root a path and check
+// its validity under the shared lock, so before deleting a path the
+// collector re-reads the temp roots (and the roots, if they changed) and
+// spares it if someone took it meanwhile; an adder that comes after finds it
+// invalid and adds it again.
+func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, error) {
+	res := &GCResult{Deleted: []string{}}
+	unlock, err := s.lockGC(true)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := s.Roots()
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	stamp := s.rootsStamp()
+	temp := s.newTempRootReader()
+	if err := temp.refresh(); err != nil {
+		unlock()
+		return nil, err
+	}
+	var runtime map[string]bool
+	if o.RuntimeRoots {
+		runtime = s.runtimeRoots()
+	}
+	g, err := s.reg.Graph()
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	live := s.liveSet(g, roots, temp.roots, runtime)
+	unlock()
+
+	res.Roots = roots
+	for n := range g {
+		if live[n] {
+			res.Live = append(res.Live, s.FullPath(n))
+		}
+	}
+	sort.Strings(res.Live)
+
+	var targets []string
+	if o.Paths != nil {
+		set := map[string]bool{}
+		for _, p := range o.Paths {
+			base, rel, err := SplitStorePath(s.storeDir, p)
+			if err != nil {
+				return nil, err
+			}
+			if rel != "" {
+				return nil, fmt.Errorf("%s: not a store path", p)
+			}
+			if _, ok := g[base]; !ok {
+				return nil, fmt.Errorf("%s: %w", s.FullPath(base), ErrNotValid)
+			}
+			if live[base] {
+				return nil, fmt.Errorf("cannot delete path '%s' since it %w", s.FullPath(base), ErrAlive)
+			}
+			set[base] = true
+		}
+		// their referrers (dead too, or the paths would be alive) go first
+		targets = gc.WithReferrers(set, g)
+	} else {
+		targets = gc.Dead(g, live)
+	}
+	for _, n := range targets {
+		res.Dead = append(res.Dead, s.FullPath(n))
+	}
+	if o.DryRun {
+		return res, nil
+	}
+
+	var sum int64
+	for _, n := range targets {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		if o.MaxFreed > 0 && sum >= o.MaxFreed {
+			s.log.Info("deleted enough; stopping", "maxFreed", o.MaxFreed)
+			break
+		}
+		freed, narSize, deleted, err := s.deleteDead(n, temp, &stamp, g, runtime)
+		if err != nil {
+			return res, err
+		}
+		if deleted {
+			res.Deleted = append(res.Deleted, s.FullPath(n))
+			res.Freed += freed
+			sum += narSize
+		}
+	}
+	if err := s.sweepInvalid(temp, res); err != nil {
+		return res, err
+	}
+	if err := s.sweepContent(res); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// deleteDead deletes one dead path in its own critical section.
+func (s *Store) deleteDead(n string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool) (freed, narSize int64, deleted bool, err error) {
+	unlock, err := s.lockGC(true)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer unlock()
+	if err := temp.refresh(); err != nil {
+		return 0, 0, false, err
+	}
+	if temp.roots[n] {
+		return 0, 0, false, nil // taken by an adder meanwhile
+	}
+	if st := s.rootsStamp(); st != *stamp {
+		*stamp = st
+		roots, err := s.Roots()
+		if err != nil {
+			return 0, 0, false, err
+		}
+		if s.liveSet(g, roots, temp.roots, runtime)[n] {
+			return 0, 0, false, nil
+		}
+	}
+	pi, err := s.reg.Get(n)
+	if err != nil {
+		if errors.Is(err, registry.ErrNotValid) {
+			return 0, 0, false, nil
+		}
+		return 0, 0, false, err
+	}
+	if _, err := s.reg.Invalidate([]string{n}); err != nil {
+		if errors.Is(err, registry.ErrInUse) {
+			return 0, 0, false, nil // a new referrer appeared: alive after all
+		}
+		return 0, 0, false, err
+	}
+	if s.onChange != nil {
+		s.onChange(nil, []string{n})
+	}
+	if s.mode == ModeDisk {
+		freed, err = deleteTree(filepath.Join(s.RealStoreDir(), n))
+	}
+	return freed, pi.NarSize, true, err
+}
+
+// sweepInvalid removes entries of the store directory (disk mode) that are
+// not valid and not temp-rooted: leftovers of adds that died between their
+// rename and their registration. `.links` is never touched.
+func (s *Store) sweepInvalid(temp *tempRootReader, res *GCResult) error {
+	if s.mode != ModeDisk {
+		return nil
+	}
+	ents, err := os.ReadDir(s.RealStoreDir())
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if name == ".links" || strings.HasPrefix(name, ".") {
+			continue
+		}
+		if _, _, err := ParseBaseName(name); err != nil {
+			continue
+		}
+		unlock, err := s.lockGC(true)
+		if err != nil {
+			return err
+		}
+		err = temp.refresh()
+		valid, verr := s.reg.IsValid(name)
+		if err == nil && verr == nil && !valid && !temp.roots[name] {
+			s.log.Info("deleting invalid store entry", "path", name)
+			var freed int64
+			freed, err = deleteTree(filepath.Join(s.RealStoreDir(), name))
+			res.Freed += freed
+		}
+		unlock()
+		if err == nil {
+			err = verr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepContent prunes `.links` entries left with one link (disk mode) or
+// blobs no valid tree names (blob mode), under the exclusive lock.
+func (s *Store) sweepContent(res *GCResult) error {
+	unlock, err := s.lockGC(true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if s.mode == ModeDisk {
+		ents, err := os.ReadDir(s.links.Dir())
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		for _, e := range ents {
+			p := filepath.Join(s.links.Dir(), e.Name())
+			var st syscall.Stat_t
+			if err := syscall.Lstat(p, &st); err != nil {
+				continue // removed by someone else: fine (nix#4957)
+			}
+			stale := strings.HasPrefix(e.Name(), cas.TempLinkPrefix) && !tempLinkOwnerAlive(e.Name())
+			if st.Nlink == 1 || stale {
+				if os.Remove(p) == nil {
+					res.LinksRemoved++
+					res.Freed += st.Size
+				}
+			}
+		}
+		return nil
+	}
+	named := map[cas.Key]bool{}
+	if _, err := s.reg.SweepDirs(func(k registry.Digest) { named[cas.Key(k)] = true }); err != nil {
+		return err
+	}
+	return s.blobs.Walk(func(k cas.Key, err error) error {
+		if err != nil || named[k] {
+			return nil
+		}
+		p := s.blobs.Path(k)
+		var st syscall.Stat_t
+		if syscall.Lstat(p, &st) == nil && os.Remove(p) == nil {
+			res.BlobsRemoved++
+			res.Freed += st.Size
+		}
+		return nil
+	})
+}
+
+// tempLinkOwnerAlive reads the pid in ".tmp-link-<pid>-<n>".
+func tempLinkOwnerAlive(name string) bool {
+	rest := strings.TrimPrefix(name, cas.TempLinkPrefix)
+	pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+	if err != nil {
+		return false
+	}
+	return syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM)
+}
+
+// deleteTree removes an item's files, making directories writable first
+// (they are 0555). It returns the bytes of files whose last link went (a
+// file still linked from .links is counted when its entry is pruned... unless
+// its only other link is the .links entry, which the sweep then removes).
+func deleteTree(p string) (int64, error) {
+	var freed int64
+	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() {
+			os.Chmod(q, 0o755)
+			return nil
+		}
+		var st syscall.Stat_t
+		if syscall.Lstat(q, &st) == nil && st.Nlink == 1 {
+			freed += st.Size
+		}
+		return nil
+	})
+	if err := os.RemoveAll(p); err != nil {
+		return freed, err
+	}
+	return freed, nil
+}
+
