@@ -71,7 +71,7 @@ func ensureDaemon(args []string) {
 		fmt.Fprintf(f, "%d\n", cmd.Process.Pid)
 		f.Close()
 	}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if _, err := os.Stat(sock); err == nil {
 			return
 		}
