@@ -1,0 +1,157 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/storefs/storefs/store"
+)
+
+// graphStore adds a -> b -> c (a refers to b ...) and a lone d, each with a
+// distinct 20000-byte file, so disk mode links them and blob mode stores
+// them as blobs.
+func graphStore(t *testing.T, mode store.Mode) (s *store.Store, a, b, c, d string) {
+	t.Helper()
+	s = newStore(t, mode, "/gnu/store")
+	dir := t.TempDir()
+	mk := func(name string, refs ...string) string {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "data"), []byte(strings.Repeat(name, 20000)), 0o644)
+		return add(t, s, p, store.AddOptions{Refs: refs})
+	}
+	c = mk("c")
+	b = mk("b", c)
+	a = mk("a", b)
+	d = mk("d")
+	return s, a, b, c, d
+}
+
+func valid(t *testing.T, s *store.Store) []string {
+	t.Helper()
+	var out []string
+	s.List(func(p string) bool { out = append(out, p); return true })
+	return out
+}
+
+func TestGC(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			s, a, b, c, d := graphStore(t, mode)
+			ctx := context.Background()
+			// The adds' own temp roots protect everything while this
+			// process lives; a fresh handle (another process) has none of
+			// them, so it sees what a collector would.
+			if _, err := s.AddRoot(ctx, "keep-b", b, false); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			h, err := store.Open(s.StateDir(), store.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			s = h
+			dry, err := s.CollectGarbage(ctx, store.GCOptions{DryRun: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(sorted(dry.Dead), sorted([]string{a, d})) || !slices.Equal(dry.Live, sorted([]string{b, c})) {
+				t.Fatalf("dry run: dead %v live %v; want dead [a d], live [b c]", dry.Dead, dry.Live)
+			}
+			if _, err := s.CollectGarbage(ctx, store.GCOptions{Paths: []string{c}}); !errors.Is(err, store.ErrAlive) {
+				t.Errorf("delete c (alive) = %v; want ErrAlive", err)
+			}
+			res, err := s.CollectGarbage(ctx, store.GCOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(sorted(res.Deleted), sorted([]string{a, d})) || res.Freed < 40000 {
+				t.Errorf("gc deleted %v, freed %d; want [a d] and at least 40000 bytes", res.Deleted, res.Freed)
+			}
+			if got := valid(t, s); !slices.Equal(got, sorted([]string{b, c})) {
+				t.Errorf("valid after gc = %v", got)
+			}
+			switch mode {
+			case store.ModeDisk:
+				if _, err := os.Lstat(filepath.Join(s.RealStoreDir(), filepath.Base(a))); err == nil {
+					t.Errorf("a's files are still there")
+				}
+				ents, _ := os.ReadDir(filepath.Join(s.RealStoreDir(), ".links"))
+				if len(ents) != 2 || res.LinksRemoved != 2 {
+					t.Errorf(".links has %d entries (removed %d); want 2 left (b's and c's), 2 removed", len(ents), res.LinksRemoved)
+				}
+			case store.ModeBlob:
+				if res.BlobsRemoved != 2 {
+					t.Errorf("blobs removed = %d; want 2", res.BlobsRemoved)
+				}
+			}
+			// Unroot: everything goes.
+			if err := s.RemoveRoot("keep-b"); err != nil {
+				t.Fatal(err)
+			}
+			if res, err := s.CollectGarbage(ctx, store.GCOptions{}); err != nil || len(res.Deleted) != 2 {
+				t.Errorf("second gc = %+v, %v; want b and c deleted", res, err)
+			}
+			if got := valid(t, s); len(got) != 0 {
+				t.Errorf("valid after unrooting = %v", got)
+			}
+		})
+	}
+}
+
+func TestGCRootsAndTempRoots(t *testing.T) {
+	s, a, _, _, d := graphStore(t, store.ModeBlob)
+	ctx := context.Background()
+	link := filepath.Join(t.TempDir(), "result")
+	if _, err := s.AddRoot(ctx, link, a, true); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	h, err := store.Open(s.StateDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	tr := h.NewTempRoots()
+	defer tr.Close()
+	tr.Add(filepath.Base(d)) // a request still working on d
+	res, err := h.CollectGarbage(store.WithTempRoots(ctx, tr), store.GCOptions{})
+	if err != nil || len(res.Deleted) != 0 {
+		t.Fatalf("gc = %+v, %v; want nothing deleted (a rooted indirectly, d temp-rooted)", res, err)
+	}
+	roots, _ := h.Roots()
+	if len(roots) != 1 || roots[0].Link != link || roots[0].Path != a {
+		t.Errorf("roots = %+v; want the indirect link", roots)
+	}
+	// The link goes: the indirect root is stale and removed; a is dead.
+	os.Remove(link)
+	tr.Close()
+	res, err = h.CollectGarbage(ctx, store.GCOptions{})
+	if err != nil || len(res.Deleted) != 4 {
+		t.Errorf("gc = %+v, %v; want all 4 deleted", res, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(h.StateDir(), "gcroots", "auto")); len(ents) != 0 {
+		t.Errorf("stale auto root left: %v", ents)
+	}
+}
+
+func TestGCMaxFreed(t *testing.T) {
+	s, _, _, _, _ := graphStore(t, store.ModeDisk)
+	s.Close()
+	h, err := store.Open(s.StateDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	res, err := h.CollectGarbage(context.Background(), store.GCOptions{MaxFreed: 1})
+	if err != nil || len(res.Deleted) != 1 {
+		t.Fatalf("gc --max-freed 1 = %+v, %v; want exactly one path deleted", res, err)
+	}
+	checkSound(t, h)
+}
