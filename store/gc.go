@@ -446,4 +446,3 @@ func deleteTree(p string) (int64, error) {
 	}
 	return freed, nil
 }
-
