@@ -19,6 +19,17 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# storefs mounts the tests left behind (under the temp dir): there must be none.
+leftover_mounts() { awk -v t="${TMPDIR:-/tmp}/" '$3 == "fuse.storefs" && index($2, t) == 1 {print $2}' /proc/mounts; }
+before=$(leftover_mounts)
+
 go vet ./...
 go test -race -count=1 -timeout 8m ./...
 go test -run='^$' -fuzz=FuzzReader -fuzztime="${STOREFS_FUZZTIME:-15s}" ./nar/
+
+after=$(leftover_mounts)
+if [ "$after" != "$before" ]; then
+  echo "test.sh: the tests left storefs mounts behind:" >&2
+  comm -13 <(echo "$before") <(echo "$after") >&2
+  exit 1
+fi

@@ -3,7 +3,9 @@ package main
 import (
 	"crypto/sha256"
 	"fmt"
+	"github.com/storefs/storefs/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -141,10 +143,74 @@ verify every NAR hash. The store is left in place for you to explore.`,
 			if len(rep.Problems) > 0 {
 				return problemsError{len(rep.Problems)}
 			}
+			if s.Mode() == store.ModeBlob {
+				if err := demoMount(g, s, hello); err != nil {
+					return err
+				}
+			}
 			fmt.Fprintf(out, "\nThe store is in %s; try: storefs --state %s ls\n", state, state)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob or disk")
 	return cmd
+}
+
+// demoMount mounts the demo store, shows it and unmounts it, when FUSE is
+// available (it says why not otherwise).
+func demoMount(g *globals, s *store.Store, hello string) error {
+	out := g.stdout
+	if why := fuseUnavailable(); why != "" {
+		fmt.Fprintf(out, "\n(skipping the mount: %s)\n", why)
+		return nil
+	}
+	mp, err := os.MkdirTemp("", "storefs-demo-mnt-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(mp)
+	root := fs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), fs.Options{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Passthrough: os.Geteuid() == 0})
+	srv, err := fs.Mount(mp, root, fs.MountOptions{})
+	if err != nil {
+		fmt.Fprintf(out, "\n(skipping the mount: %v)\n", err)
+		return nil
+	}
+	defer fs.Stop(srv, mp)
+	fmt.Fprintf(out, "$ storefs mount %s &\n$ ls -l %s\n", mp, mp)
+	ents, err := os.ReadDir(mp)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s %10d %s %s\n", fi.Mode(), fi.Size(), fi.ModTime().UTC().Format("2006-01-02 15:04:05"), e.Name())
+	}
+	script := filepath.Join(mp, filepath.Base(hello), "bin", "hello")
+	b, err := os.ReadFile(script)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "$ cat %s\n%s", script, b)
+	fmt.Fprintf(out, "$ umount %s\n", mp)
+	return nil
+}
+
+// fuseUnavailable says why this process cannot mount, or "".
+func fuseUnavailable() string {
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return "/dev/fuse: " + err.Error()
+	}
+	f.Close()
+	if os.Geteuid() != 0 {
+		if _, err := exec.LookPath("fusermount3"); err != nil {
+			if _, err := exec.LookPath("fusermount"); err != nil {
+				return "fusermount3 is not installed"
+			}
+		}
+	}
+	return ""
 }
