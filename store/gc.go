@@ -422,9 +422,8 @@ func tempLinkOwnerAlive(name string) bool {
 }
 
 // deleteTree removes an item's files, making directories writable first
-// (they are 0555). It returns the bytes of files whose last link went (a
-// file still linked from .links is counted when its entry is pruned... unless
-// its only other link is the .links entry, which the sweep then removes).
+// (they are 0555). It returns the bytes of the files whose last link went; a
+// file still linked from `.links` is counted when the sweep prunes its entry.
 func deleteTree(p string) (int64, error) {
 	var freed int64
 	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
