@@ -34,6 +34,11 @@ As root, file reads go straight from the kernel to the blob files
 (passthrough, Linux 6.9+); otherwise they are spliced from the blob files.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if c, err := daemon.Dial(g.stateDir()); err == nil {
+				pid := c.StoreInfo().PID
+				c.Close()
+				return fmt.Errorf("mount: a storefs daemon or mount (pid %d) already owns this store; stop it first (a mount serves daemon.sock itself)", pid)
+			}
 			s, err := store.Open(g.stateDir(), g.options())
 			if err != nil {
 				return err
