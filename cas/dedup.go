@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -167,6 +169,7 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 		}
 	}
 	workers := max(o.Workers, 1)
+	slices.SortStableFunc(files, func(a, b dedupFile) int { return strings.Compare(filepath.Dir(a.path), filepath.Dir(b.path)) })
 
 	// Hash every file in parallel...
 	type hashed struct {

@@ -1,6 +1,7 @@
 package cas
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -176,6 +177,11 @@ func (l *Links) canonicalize(path string, key Key, g *dirGuard) (Result, error) 
 					}
 					continue
 				}
+				// .links exists (maybe made by another worker meanwhile): retry
+				// while the file itself is still there
+				if _, perr := l.sys.Lstat(path); perr == nil {
+					continue
+				}
 				return skipped("file vanished", size)
 			case is(err, unix.ENOSPC):
 				return skipped("no space in .links (directory index full?)", size)
@@ -218,6 +224,11 @@ func (l *Links) canonicalize(path string, key Key, g *dirGuard) (Result, error) 
 			}
 			return Result{}, err
 		}
+		// rename between two links of one inode does nothing: path became a
+		// link of the entry meanwhile (another process), and tmp is still there
+		if uerr := l.sys.Unlink(tmp); uerr == nil {
+			return Result{Outcome: Already, Size: size, Ino: inodeOf(est)}, nil
+		}
 		return Result{Outcome: Linked, Size: size, Ino: inodeOf(est)}, nil
 	}
 	return skipped("retries exhausted", size)
@@ -255,6 +266,7 @@ type dirGuard struct {
 	dir     string
 	st      os.FileInfo // as found, once entered
 	chmoded bool
+	fd      int // holds the flock while entered
 }
 
 func (l *Links) guard(dir string) *dirGuard { return &dirGuard{l: l, dir: filepath.Clean(dir)} }
@@ -264,10 +276,22 @@ func (g *dirGuard) enter() error {
 	if g.st != nil || g.dir == g.l.store {
 		return nil
 	}
-	st, err := g.l.sys.Lstat(g.dir)
+	// one guard at a time per directory, across processes: another guard's
+	// writable mode and rename times must not be taken for the originals
+	fd, err := unix.Open(g.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	st, err := g.l.sys.Lstat(g.dir)
+	if err != nil {
+		unix.Close(fd)
+		return err
+	}
+	g.fd = fd
 	g.st = st
 	if mode := dirMode(st); mode&0o200 == 0 {
 		if err := g.l.sys.Chmod(g.dir, mode|0o200); err != nil {
@@ -285,14 +309,15 @@ func (g *dirGuard) restore() error {
 		return nil
 	}
 	var err error
+	atime, mtime := fileTimes(g.st)
 	if g.chmoded {
 		err = g.l.sys.Chmod(g.dir, dirMode(g.st))
 	}
-	atime, mtime := fileTimes(g.st)
 	if uerr := g.l.sys.Utimes(g.dir, atime, mtime); err == nil {
 		err = uerr
 	}
 	g.st = nil
+	unix.Close(g.fd) // releases the lock
 	if err != nil {
 		return fmt.Errorf("restoring %s: %w", g.dir, err)
 	}
@@ -379,7 +404,13 @@ func (l *Links) Inodes() (map[uint64]bool, error) {
 			reclen := int(uint16(b[16]) | uint16(b[17])<<8)
 			ino := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
 				uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
-			inodes[ino] = true
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if !bytes.HasPrefix(name, []byte(TempLinkPrefix)) {
+				inodes[ino] = true
+			}
 			b = b[reclen:]
 		}
 	}
