@@ -25,9 +25,18 @@ type MountOptions struct {
 // Mount mounts root at mountpoint, read-only, nosuid, nodev. The caller
 // checks the mountpoint first (CheckMountpoint).
 func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error) {
-	long := root.o.Timeout
-	var neg time.Duration // the root changes: never cache a miss
-	opts := &gofs.Options{
+	srv, err := gofs.Mount(mountpoint, root, FuseOptions(root, mo))
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	return srv, nil
+}
+
+// FuseOptions are the go-fuse options Mount uses (for callers that build
+// the server themselves, such as tests that count requests).
+func FuseOptions(root *Root, mo MountOptions) *gofs.Options {
+	long := root.o.Timeout // misses inside items are cached this long too; the root opts out per lookup
+	return &gofs.Options{
 		MountOptions: fuse.MountOptions{
 			FsName:               "storefs:" + root.storeDir,
 			Name:                 "storefs",
@@ -45,16 +54,11 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 		},
 		EntryTimeout:    &long,
 		AttrTimeout:     &long,
-		NegativeTimeout: &neg,
+		NegativeTimeout: &long,
 		UID:             root.o.UID,
 		GID:             root.o.GID,
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
 	}
-	srv, err := gofs.Mount(mountpoint, root, opts)
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
-	}
-	return srv, nil
 }
 
 // ReadPath says how file reads are served on this mount.

@@ -94,8 +94,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	es := dir.Entries
 	i := sort.Search(len(es), func(i int) bool { return es[i].Name >= name })
 	if i == len(es) || es[i].Name != name {
-		out.SetEntryTimeout(d.root.o.Timeout) // items never change: cache the miss
-		return nil, syscall.ENOENT
+		return nil, syscall.ENOENT // cached by the kernel (items never change)
 	}
 	return d.root.child(ctx, &d.Inode, d.item, d.childRel(name), es[i].Node, out), 0
 }
@@ -157,7 +156,9 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	b, err := os.Open(f.root.blobs.Path(cas.Key(f.node.Key)))
 	if err != nil {
-		return nil, 0, f.root.errno("open blob "+cas.Key(f.node.Key).String(), err)
+		// a valid item whose blob is gone is a damaged store, not a missing name
+		f.root.log.Error("storefs mount: open blob", "key", cas.Key(f.node.Key).String(), "err", err)
+		return nil, 0, syscall.EIO
 	}
 	return &blobFile{f: b, passthrough: f.root.o.Passthrough}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }

@@ -86,6 +86,10 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	pi, err := r.reg.Get(name)
 	if err != nil {
 		if errors.Is(err, registry.ErrNotValid) {
+			// The root changes: a miss must not be cached (a path may be
+			// added next). A non-zero entry timeout makes go-fuse send a
+			// plain error instead of a cacheable negative entry.
+			out.SetEntryTimeout(time.Nanosecond)
 			return nil, syscall.ENOENT
 		}
 		return nil, r.errno("lookup "+name, err)
@@ -105,6 +109,20 @@ type rootStream struct {
 	after string
 	done  bool
 	err   syscall.Errno
+	off   uint64 // entries returned so far (the offset of the next one)
+}
+
+var _ gofs.FileSeekdirer = (*rootStream)(nil)
+
+// Seekdir restarts the listing and skips to entry off (rewinddir, seekdir).
+func (s *rootStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	*s = rootStream{r: s.r}
+	for s.off < off && s.HasNext() {
+		if _, errno := s.Next(); errno != 0 {
+			return errno
+		}
+	}
+	return 0
 }
 
 const rootPage = 1024
@@ -141,8 +159,9 @@ func (s *rootStream) Next() (fuse.DirEntry, syscall.Errno) {
 	}
 	pi := s.page[s.i]
 	s.i++
+	s.off++
 	mode, ino, _ := nodeIdentity(pi.Path, "", pi.Root)
-	return fuse.DirEntry{Name: pi.Path, Mode: mode, Ino: ino}, 0
+	return fuse.DirEntry{Name: pi.Path, Mode: mode, Ino: ino, Off: s.off}, 0
 }
 
 func (s *rootStream) Close() {}

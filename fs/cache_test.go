@@ -1,0 +1,186 @@
+package fs_test
+
+import (
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	sfs "github.com/storefs/storefs/fs"
+)
+
+// countingFS counts the requests the kernel sends.
+type countingFS struct {
+	fuse.RawFileSystem
+	mu      sync.Mutex
+	lookups map[string]int // by name
+	ops     map[string]int // by operation
+}
+
+func (c *countingFS) count(op, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ops[op]++
+	if name != "" {
+		c.lookups[name]++
+	}
+}
+
+func (c *countingFS) get(op string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ops[op]
+}
+
+func (c *countingFS) lookupsOf(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lookups[name]
+}
+
+func (c *countingFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	c.count("lookup", name)
+	return c.RawFileSystem.Lookup(cancel, h, name, out)
+}
+
+func (c *countingFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	c.count("readdir", "")
+	return c.RawFileSystem.ReadDir(cancel, in, out)
+}
+
+func (c *countingFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	c.count("readdir", "")
+	return c.RawFileSystem.ReadDirPlus(cancel, in, out)
+}
+
+func (c *countingFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	c.count("read", "")
+	return c.RawFileSystem.Read(cancel, in, buf)
+}
+
+func (c *countingFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	c.count("readlink", "")
+	return c.RawFileSystem.Readlink(cancel, h)
+}
+
+// mountCounting mounts s's view with the options fs.Mount uses, without
+// passthrough, behind a countingFS.
+func mountCounting(t *testing.T, fx *fixture) (*mount, *countingFS) {
+	t.Helper()
+	requireFUSE(t)
+	s := fx.s
+	root := sfs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), sfs.Options{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())})
+	opts := sfs.FuseOptions(root, sfs.MountOptions{})
+	c := &countingFS{RawFileSystem: gofs.NewNodeFS(root, opts), lookups: map[string]int{}, ops: map[string]int{}}
+	dir := t.TempDir()
+	srv, err := fuse.NewServer(c, dir, &opts.MountOptions)
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	go srv.Serve()
+	m := &mount{dir: dir, root: root, srv: srv, s: s}
+	t.Cleanup(func() {
+		if err := m.unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	if err := srv.WaitMount(); err != nil {
+		t.Fatalf("WaitMount: %v", err)
+	}
+	return m, c
+}
+
+// TestKernelCaching checks the caching promised in doc.go by counting the
+// requests that reach the server.
+func TestKernelCaching(t *testing.T) {
+	requireFUSE(t)
+	fx := newFixture(t, fixtureOptions{})
+	m, c := mountCounting(t, fx)
+	tree := fx.items["tree"].base
+
+	t.Run("ItemEntries", func(t *testing.T) {
+		for range 3 {
+			if _, err := os.Lstat(m.path(tree, "nested", "a", "b", "c", "deep.txt")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := c.lookupsOf("deep.txt"); n != 1 {
+			t.Errorf("3 lstats of a file in an item: %d lookups, want 1", n)
+		}
+	})
+
+	t.Run("ItemListing", func(t *testing.T) {
+		sortedNames(t, m.path(tree))
+		before := c.get("readdir")
+		sortedNames(t, m.path(tree))
+		if n := c.get("readdir") - before; n != 0 {
+			t.Errorf("listing an item's directory again: %d readdir requests, want 0 (cached)", n)
+		}
+	})
+
+	t.Run("FileData", func(t *testing.T) {
+		p := m.path(tree, "big")
+		if b, err := os.ReadFile(p); err != nil || len(b) != bigSize {
+			t.Fatalf("read: %d bytes, %v", len(b), err)
+		}
+		before := c.get("read")
+		if b, err := os.ReadFile(p); err != nil || len(b) != bigSize {
+			t.Fatalf("read again: %d bytes, %v", len(b), err)
+		}
+		if n := c.get("read") - before; n != 0 {
+			t.Errorf("reading a file again (new open): %d read requests, want 0 (page cache kept)", n)
+		}
+	})
+
+	t.Run("Symlink", func(t *testing.T) {
+		before := c.get("readlink")
+		for range 3 {
+			if _, err := os.Readlink(m.path(tree, "sub", "l")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := c.get("readlink") - before; n != 1 {
+			t.Errorf("3 readlinks: %d readlink requests, want 1 (cached)", n)
+		}
+	})
+
+	t.Run("RootNotCached", func(t *testing.T) {
+		const missing = "00000000000000000000000000000000-missing"
+		for range 3 {
+			if _, err := os.Lstat(m.path(missing)); err == nil {
+				t.Fatal("missing path found")
+			}
+		}
+		if n := c.lookupsOf(missing); n != 3 {
+			t.Errorf("3 lstats of a missing path in the root: %d lookups, want 3 (misses in the root must not be cached)", n)
+		}
+		sortedNames(t, m.dir)
+		before := c.get("readdir")
+		sortedNames(t, m.dir)
+		if n := c.get("readdir") - before; n == 0 {
+			t.Errorf("listing the root again sent no readdir: the root listing is cached")
+		}
+	})
+
+	// dirNode.Lookup sets a long entry timeout on a miss ("items never
+	// change: cache the miss") and returns ENOENT; but go-fuse only makes
+	// a cacheable negative entry of an ENOENT when the node left the entry
+	// timeout at zero (and Options.NegativeTimeout is set), and sends any
+	// other ENOENT to the kernel as a plain error, which the kernel does
+	// not cache.
+	t.Run("ItemMissesCached", func(t *testing.T) {
+		const missing = "no-such-entry"
+		for range 3 {
+			if _, err := os.Lstat(m.path(tree, "nested", missing)); errnoOf(err) != syscall.ENOENT {
+				t.Fatalf("lstat: %v, want ENOENT", err)
+			}
+		}
+		n := c.lookupsOf(missing)
+		if n != 1 {
+			t.Errorf("3 lstats of a missing name in an item: %d lookups, want 1", n)
+		}
+	})
+}
