@@ -25,10 +25,11 @@ import (
 // Client talks to the daemon of one store. Its methods mirror *store.Store's
 // (same results, same error texts), so the CLI uses either.
 type Client struct {
-	sock    string
-	hc      *http.Client
-	info    StoreInfo
-	session string
+	sock       string
+	hc         *http.Client
+	info       StoreInfo
+	session    string
+	endSession func()
 }
 
 // Dial connects to the daemon serving the store in state. With no socket,
@@ -72,8 +73,11 @@ func Dial(state string) (*Client, error) {
 // Info describes the store the daemon serves.
 func (c *Client) StoreInfo() StoreInfo { return c.info }
 
-// Close releases idle connections (and ends a session opened by Session).
+// Close ends a session opened by Session and releases idle connections.
 func (c *Client) Close() error {
+	if c.endSession != nil {
+		c.endSession()
+	}
 	c.hc.CloseIdleConnections()
 	return nil
 }
@@ -102,7 +106,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("storefs daemon: %w", err)
+		return nil, fmt.Errorf("the storefs daemon went away during the request (%v)", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -189,11 +193,12 @@ func (c *Client) Session(ctx context.Context) (end func(), err error) {
 		return nil, err
 	}
 	c.session = s.Session
-	return func() {
-		c.session = ""
+	c.endSession = func() {
+		c.session, c.endSession = "", nil
 		cancel()
 		resp.Body.Close()
-	}, nil
+	}
+	return c.endSession, nil
 }
 
 func refsQuery(name string, refs []string, noDedup bool, root string) url.Values {

@@ -86,22 +86,33 @@ func Serve(ctx context.Context, s *store.Store, o Options) error {
 	}
 	defer s.Registry().Release()
 
+	// Listen under a temporary name and rename into place: a client must
+	// never find the socket bound but not yet listening (it would take it
+	// for a dead daemon's and remove it).
+	tmp := fmt.Sprintf("%s.tmp-%d", sock, os.Getpid())
+	os.Remove(tmp)
 	old := unix.Umask(0o177) // the socket is born 0600
-	ln, err := net.Listen("unix", sock)
+	ln, err := net.Listen("unix", tmp)
 	unix.Umask(old)
 	if err != nil {
 		return fmt.Errorf("daemon: listen on %s: %w", sock, err)
 	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	defer os.Remove(sock)
 	if srv.groupGID >= 0 {
-		if err := os.Chown(sock, -1, srv.groupGID); err != nil {
+		if err := os.Chown(tmp, -1, srv.groupGID); err == nil {
+			err = os.Chmod(tmp, 0o660)
+		}
+		if err != nil {
 			ln.Close()
+			os.Remove(tmp)
 			return err
 		}
-		if err := os.Chmod(sock, 0o660); err != nil {
-			ln.Close()
-			return err
-		}
+	}
+	if err := os.Rename(tmp, sock); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return err
 	}
 	hs := &http.Server{
 		Handler:     srv.routes(),

@@ -37,7 +37,7 @@ import (
 
 // requireFUSE skips the test when FUSE mounts cannot be made here, or fails
 // it when STOREFS_TEST_FUSE=require.
-func requireFUSE(t *testing.T) {
+func requireFUSE(t testing.TB) {
 	t.Helper()
 	why := ""
 	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
@@ -64,7 +64,7 @@ func requireFUSE(t *testing.T) {
 // scratchDir is a temp dir for stores and sources, removed at cleanup: on
 // /dev/shm when that is a writable tmpfs (creating tens of thousands of
 // files on a disk can take many seconds), else t.TempDir().
-func scratchDir(t *testing.T) string {
+func scratchDir(t testing.TB) string {
 	t.Helper()
 	var st unix.Statfs_t
 	if unix.Statfs("/dev/shm", &st) == nil && st.Type == unix.TMPFS_MAGIC && unix.Access("/dev/shm", unix.W_OK) == nil {
@@ -82,7 +82,7 @@ func scratchDir(t *testing.T) string {
 
 // newStore creates a blob-mode store in a temp dir and holds its registry,
 // as the mount command does.
-func newStore(t *testing.T) *store.Store {
+func newStore(t testing.TB) *store.Store {
 	t.Helper()
 	s, err := store.Init(filepath.Join(scratchDir(t), "state"), store.InitOptions{Mode: store.ModeBlob}, store.Options{})
 	if err != nil {
@@ -117,19 +117,19 @@ type mount struct {
 // mountStore mounts s's view at a fresh mountpoint, wired to s as the mount
 // command wires it (OnChange). The mount is stopped at cleanup, whether the
 // test failed or not, and must then be gone from /proc/self/mountinfo.
-func mountStore(t *testing.T, s *store.Store) *mount {
+func mountStore(t testing.TB, s *store.Store) *mount {
 	t.Helper()
 	return mountStoreAt(t, s, t.TempDir())
 }
 
-func mountStoreAt(t *testing.T, s *store.Store, dir string) *mount {
+func mountStoreAt(t testing.TB, s *store.Store, dir string) *mount {
 	t.Helper()
 	return mountStoreWith(t, s, dir, os.Geteuid() == 0)
 }
 
 // mountStoreWith is mountStoreAt with passthrough asked for or not (without
 // it, reads are served from the blob descriptors by this process).
-func mountStoreWith(t *testing.T, s *store.Store, dir string, passthrough bool) *mount {
+func mountStoreWith(t testing.TB, s *store.Store, dir string, passthrough bool) *mount {
 	t.Helper()
 	requireFUSE(t)
 	root := sfs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), sfs.Options{

@@ -51,6 +51,9 @@ func FuseOptions(root *Root, mo MountOptions) *gofs.Options {
 			IgnoreSecurityLabels: true,
 			MaxStackDepth:        2,
 			Debug:                mo.Debug,
+			// let the kernel use plain READDIR when nobody stats the
+			// entries (`ls`), READDIRPLUS when they do (`ls -l`, find)
+			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
 		},
 		EntryTimeout:    &long,
 		AttrTimeout:     &long,

@@ -56,10 +56,11 @@ func NewRoot(reg *registry.Registry, blobs *cas.Blobs, storeDir string, o Option
 }
 
 var (
-	_ gofs.NodeLookuper  = (*Root)(nil)
-	_ gofs.NodeReaddirer = (*Root)(nil)
-	_ gofs.NodeGetattrer = (*Root)(nil)
-	_ gofs.NodeStatfser  = (*Root)(nil)
+	_ gofs.NodeLookuper       = (*Root)(nil)
+	_ gofs.NodeReaddirer      = (*Root)(nil)
+	_ gofs.NodeOpendirHandler = (*Root)(nil)
+	_ gofs.NodeGetattrer      = (*Root)(nil)
+	_ gofs.NodeStatfser       = (*Root)(nil)
 )
 
 func (r *Root) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -101,6 +102,53 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	return &rootStream{r: r}, 0
 }
+
+// OpendirHandle opens the root listing (never cached by the kernel: the
+// root changes). Its handle answers READDIRPLUS lookups from the page in
+// hand instead of one registry lookup per entry.
+func (r *Root) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	return &rootDir{rootStream: rootStream{r: r}}, 0, 0
+}
+
+// rootDir is an open root listing.
+type rootDir struct {
+	rootStream
+	last *registry.PathInfo // the entry Readdirent returned last
+}
+
+var (
+	_ gofs.FileReaddirenter = (*rootDir)(nil)
+	_ gofs.FileLookuper     = (*rootDir)(nil)
+	_ gofs.FileSeekdirer    = (*rootDir)(nil)
+)
+
+func (d *rootDir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if !d.HasNext() {
+		return nil, 0
+	}
+	if d.err == 0 {
+		d.last = d.page[d.i]
+	}
+	de, errno := d.Next()
+	if errno != 0 {
+		return nil, errno
+	}
+	return &de, 0
+}
+
+func (d *rootDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if pi := d.last; pi != nil && pi.Path == name {
+		return d.r.child(ctx, &d.r.Inode, pi.Path, "", pi.Root, out), 0
+	}
+	return d.r.Lookup(ctx, name, out)
+}
+
+func (d *rootDir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.last = nil
+	return d.rootStream.Seekdir(ctx, off)
+}
+
+func (d *rootDir) Releasedir(ctx context.Context, releaseFlags uint32) {}
 
 type rootStream struct {
 	r     *Root

@@ -154,6 +154,10 @@ func (r *Registry) Hold() error {
 	if err != nil {
 		return err
 	}
+	// Batch (used for registrations) waits this long for company before it
+	// commits: long enough to group concurrent clients, short enough that
+	// a lone client does not notice (bbolt's default is 10ms).
+	db.MaxBatchDelay = time.Millisecond
 	r.held = db
 	return nil
 }
