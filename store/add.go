@@ -428,9 +428,10 @@ var errChanged = errors.New("file changed while it was being added")
 
 // errBlobCollected: a blob an add relied on was collected before the add
 // registered its item; Add starts again (it re-reads its source).
-var errBlobCollected = errors.New("a collection removed a blob this add relied on")
+var errBlobCollected = errors.New("a collection removed a blob this add relied on; add it again")
 
-// readExact reads a file that must have exactly size bytes.
+// readExact reads a file that must have exactly size bytes (it reads one
+// byte more to notice a file that grew).
 func readExact(path string, size int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -439,13 +440,14 @@ func readExact(path string, size int64) ([]byte, error) {
 	defer f.Close()
 	buf := make([]byte, size+1)
 	n, err := io.ReadFull(f, buf)
-	if int64(n) != size || (err != io.ErrUnexpectedEOF && err != io.EOF && size > 0) || (size == 0 && n != 0) {
-		if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%s: %w (size %d, read %d)", path, errChanged, size, n)
+	atEOF := err == io.EOF || err == io.ErrUnexpectedEOF
+	switch {
+	case int64(n) == size && atEOF:
+		return buf[:size], nil
+	case err != nil && !atEOF:
+		return nil, err
 	}
-	return buf[:size], nil
+	return nil, fmt.Errorf("%s: %w (size %d, read %d)", path, errChanged, size, n)
 }
 
 // ingestFile stores one regular file of an add: in blob mode as a blob

@@ -207,7 +207,13 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 	live := s.liveSet(g, roots, temp.roots, runtime)
 	unlock()
 
-	res.Roots = roots
+	for _, r := range roots {
+		if _, ok := g[filepath.Base(r.Path)]; ok {
+			res.Roots = append(res.Roots, r)
+		} else {
+			s.log.Info("skipping invalid root", "link", r.Link, "path", r.Path)
+		}
+	}
 	for n := range g {
 		if live[n] {
 			res.Live = append(res.Live, s.FullPath(n))
@@ -234,7 +240,17 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 			}
 			set[base] = true
 		}
-		// their referrers (dead too, or the paths would be alive) go first
+		// Like nix-store --delete: a path that a valid path outside the
+		// set still refers to is refused too.
+		for _, n := range gc.WithReferrers(set, g) {
+			if !set[n] {
+				for _, ref := range g[n] {
+					if set[ref] && ref != n {
+						return nil, fmt.Errorf("cannot delete path '%s' since it %w (referred to by '%s')", s.FullPath(ref), ErrAlive, s.FullPath(n))
+					}
+				}
+			}
+		}
 		targets = gc.WithReferrers(set, g)
 	} else {
 		targets = gc.Dead(g, live)
@@ -243,6 +259,15 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 		res.Dead = append(res.Dead, s.FullPath(n))
 	}
 	if o.DryRun {
+		if o.Paths == nil {
+			invalid, err := s.invalidEntries(temp)
+			if err != nil {
+				return nil, err
+			}
+			for _, n := range invalid {
+				res.Dead = append(res.Dead, s.FullPath(n))
+			}
+		}
 		return res, nil
 	}
 
@@ -255,7 +280,7 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 			s.log.Info("deleted enough; stopping", "maxFreed", o.MaxFreed)
 			break
 		}
-		freed, narSize, deleted, err := s.deleteDead(n, temp, &stamp, g, runtime)
+		freed, narSize, deleted, err := s.deleteDead(n, temp, &stamp, g, runtime, live)
 		if err != nil {
 			return res, err
 		}
@@ -274,8 +299,9 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 	return res, nil
 }
 
-// deleteDead deletes one dead path in its own critical section.
-func (s *Store) deleteDead(n string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool) (freed, narSize int64, deleted bool, err error) {
+// deleteDead deletes one dead path in its own critical section. live is
+// the collection's live set, recomputed here whenever the roots changed.
+func (s *Store) deleteDead(n string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool, live map[string]bool) (freed, narSize int64, deleted bool, err error) {
 	unlock, err := s.lockGC(true)
 	if err != nil {
 		return 0, 0, false, err
@@ -293,9 +319,12 @@ func (s *Store) deleteDead(n string, temp *tempRootReader, stamp *string, g map[
 		if err != nil {
 			return 0, 0, false, err
 		}
-		if s.liveSet(g, roots, temp.roots, runtime)[n] {
-			return 0, 0, false, nil
+		for k, v := range s.liveSet(g, roots, temp.roots, runtime) {
+			live[k] = v
 		}
+	}
+	if live[n] {
+		return 0, 0, false, nil // rooted meanwhile
 	}
 	pi, err := s.reg.Get(n)
 	if err != nil {
@@ -317,6 +346,30 @@ func (s *Store) deleteDead(n string, temp *tempRootReader, stamp *string, g map[
 		freed, err = deleteTree(filepath.Join(s.RealStoreDir(), n))
 	}
 	return freed, pi.NarSize, true, err
+}
+
+// invalidEntries lists the store directory's entries (disk mode) that are
+// neither valid nor temp-rooted: what sweepInvalid would delete.
+func (s *Store) invalidEntries(temp *tempRootReader) ([]string, error) {
+	if s.mode != ModeDisk {
+		return nil, nil
+	}
+	ents, err := os.ReadDir(s.RealStoreDir())
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if _, _, err := ParseBaseName(e.Name()); err != nil {
+			continue
+		}
+		if ok, err := s.reg.IsValid(e.Name()); err != nil {
+			return nil, err
+		} else if !ok && !temp.roots[e.Name()] {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
 }
 
 // sweepInvalid removes entries of the store directory (disk mode) that are

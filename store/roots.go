@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"golang.org/x/sys/unix"
@@ -86,6 +88,7 @@ func (s *Store) AddRoot(ctx context.Context, name, p string, indirect bool) (Roo
 		if err := replaceSymlink(target, link); err != nil {
 			return Root{}, err
 		}
+		s.bumpRootsGen()
 		return Root{Link: link, Path: target}, nil
 	}
 	link, err := filepath.Abs(name)
@@ -104,6 +107,7 @@ func (s *Store) AddRoot(ctx context.Context, name, p string, indirect bool) (Roo
 	if err := replaceSymlink(link, s.autoLink(link)); err != nil {
 		return Root{}, err
 	}
+	s.bumpRootsGen()
 	return Root{Link: link, Path: target}, nil
 }
 
@@ -213,9 +217,21 @@ func (s *Store) storeBase(p string) (string, bool) {
 	return base, true
 }
 
+// rootsGenPath counts root changes made through storefs (a stamp that does
+// not rely on directory timestamps being fine-grained).
+func (s *Store) rootsGenPath() string { return filepath.Join(s.state, "gcroots.gen") }
+
+func (s *Store) bumpRootsGen() {
+	os.WriteFile(s.rootsGenPath(), []byte(strconv.FormatInt(time.Now().UnixNano(), 10)+"-"+strconv.Itoa(os.Getpid())), 0o644)
+}
+
 // rootsStamp changes whenever a root is added or removed.
 func (s *Store) rootsStamp() string {
 	var b strings.Builder
+	if gen, err := os.ReadFile(s.rootsGenPath()); err == nil {
+		b.Write(gen)
+		b.WriteByte(';')
+	}
 	for _, d := range []string{s.rootsDir(), s.autoDir()} {
 		if st, err := os.Stat(d); err == nil {
 			fmt.Fprintf(&b, "%d.%d;", st.ModTime().UnixNano(), st.Size())
