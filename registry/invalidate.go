@@ -152,3 +152,53 @@ func (r *Registry) SweepDirs(keep func(key Digest)) (int, error) {
 	})
 	return n, err
 }
+
+// InvalidateOrdered invalidates as many of names as it can in one write
+// transaction. names must come referrers first: a path is removed when each
+// of its referrers is itself or was removed before it in this call; a path
+// another valid path still refers to (say, one registered since the caller
+// decided) is kept. It returns the paths removed, in order.
+func (r *Registry) InvalidateOrdered(names []string) (removed []string, err error) {
+	err = r.update(func(tx *bolt.Tx) error {
+		removed = removed[:0]
+		gone := map[string]bool{}
+		paths := tx.Bucket(bucketPaths)
+		refs := tx.Bucket(bucketRefs)
+		referrers := tx.Bucket(bucketReferrers)
+	next:
+		for _, n := range names {
+			if paths.Get([]byte(n)) == nil {
+				continue
+			}
+			by := scanPrefix(referrers, n)
+			for _, b := range by {
+				if b != n && !gone[b] {
+					continue next
+				}
+			}
+			for _, to := range scanPrefix(refs, n) {
+				if err := refs.Delete(refKey(n, to)); err != nil {
+					return err
+				}
+				if err := referrers.Delete(refKey(to, n)); err != nil {
+					return err
+				}
+			}
+			for _, b := range by { // only n itself is left: a self-reference
+				if err := referrers.Delete(refKey(n, b)); err != nil {
+					return err
+				}
+			}
+			if err := paths.Delete([]byte(n)); err != nil {
+				return err
+			}
+			gone[n] = true
+			removed = append(removed, n)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return removed, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"io"
 	"io/fs"
 	"os"
@@ -11,7 +12,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -180,6 +183,7 @@ func (s *Store) liveSet(g map[string][]string, roots []Root, temp map[string]boo
 // invalid and adds it again.
 func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, error) {
 	res := &GCResult{Deleted: []string{}}
+	start := time.Now()
 	unlock, err := s.lockGC(true)
 	if err != nil {
 		return nil, err
@@ -206,6 +210,7 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 	}
 	live := s.liveSet(g, roots, temp.roots, runtime)
 	unlock()
+	s.log.Debug("gc: roots read", "roots", len(roots), "valid", len(g), "live", len(live), "elapsed", time.Since(start))
 
 	for _, r := range roots {
 		if _, ok := g[filepath.Base(r.Path)]; ok {
@@ -271,81 +276,132 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 		return res, nil
 	}
 
+	var sizes map[string]int64 // NAR sizes, for --max-freed
+	if o.MaxFreed > 0 {
+		sizes = map[string]int64{}
+		if err := s.reg.Walk(func(pi *registry.PathInfo) error { sizes[pi.Path] = pi.NarSize; return nil }); err != nil {
+			return res, err
+		}
+	}
 	var sum int64
-	for _, n := range targets {
+	for len(targets) > 0 {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		if o.MaxFreed > 0 && sum >= o.MaxFreed {
-			s.log.Info("deleted enough; stopping", "maxFreed", o.MaxFreed)
-			break
+		// One critical section per chunk of paths: one registry
+		// transaction, and adders wait only for that long.
+		n := min(len(targets), gcChunk)
+		if o.MaxFreed > 0 {
+			n = 0
+			for est := sum; n < len(targets) && n < gcChunk && est < o.MaxFreed; n++ {
+				est += sizes[targets[n]]
+			}
+			if n == 0 {
+				s.log.Info("deleted enough; stopping", "maxFreed", o.MaxFreed)
+				break
+			}
 		}
-		freed, narSize, deleted, err := s.deleteDead(n, temp, &stamp, g, runtime, live)
+		chunk := targets[:n]
+		targets = targets[n:]
+		deleted, freed, err := s.deleteDead(chunk, temp, &stamp, g, runtime, live)
+		for _, d := range deleted {
+			res.Deleted = append(res.Deleted, s.FullPath(d))
+			sum += sizes[d]
+		}
+		res.Freed += freed
 		if err != nil {
 			return res, err
 		}
-		if deleted {
-			res.Deleted = append(res.Deleted, s.FullPath(n))
-			res.Freed += freed
-			sum += narSize
-		}
 	}
+	s.log.Debug("gc: paths deleted", "n", len(res.Deleted), "elapsed", time.Since(start))
 	if err := s.sweepInvalid(temp, res); err != nil {
 		return res, err
 	}
+	s.log.Debug("gc: invalid entries swept", "elapsed", time.Since(start))
 	if err := s.sweepContent(res); err != nil {
 		return res, err
 	}
+	s.log.Debug("gc: content swept", "links", res.LinksRemoved, "blobs", res.BlobsRemoved, "elapsed", time.Since(start))
 	return res, nil
 }
 
-// deleteDead deletes one dead path in its own critical section. live is
-// the collection's live set, recomputed here whenever the roots changed.
-func (s *Store) deleteDead(n string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool, live map[string]bool) (freed, narSize int64, deleted bool, err error) {
+// gcChunk is how many dead paths one critical section handles.
+const gcChunk = 256
+
+// deleteDead deletes a chunk of dead paths (referrers first) in one
+// critical section: it re-reads the temp roots and, if they changed, the
+// roots (recomputing live, the collection's live set), invalidates in one
+// transaction the paths still dead and not referred to by anything kept,
+// and in disk mode moves their directories out of the store (deleted after
+// the lock is released: an adder may make the same path again at once).
+func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool, live map[string]bool) (deleted []string, freed int64, err error) {
 	unlock, err := s.lockGC(true)
 	if err != nil {
-		return 0, 0, false, err
+		return nil, 0, err
 	}
-	defer unlock()
+	var trash []string
+	defer func() {
+		unlock()
+		// the trash is ours alone: delete it in parallel, outside the lock
+		var mu sync.Mutex
+		var g errgroup.Group
+		g.SetLimit(4)
+		for _, p := range trash {
+			g.Go(func() error {
+				f, err := deleteTree(p)
+				mu.Lock()
+				freed += f
+				mu.Unlock()
+				return err
+			})
+		}
+		if derr := g.Wait(); err == nil {
+			err = derr
+		}
+	}()
 	if err := temp.refresh(); err != nil {
-		return 0, 0, false, err
-	}
-	if temp.roots[n] {
-		return 0, 0, false, nil // taken by an adder meanwhile
+		return nil, 0, err
 	}
 	if st := s.rootsStamp(); st != *stamp {
 		*stamp = st
 		roots, err := s.Roots()
 		if err != nil {
-			return 0, 0, false, err
+			return nil, 0, err
 		}
 		for k, v := range s.liveSet(g, roots, temp.roots, runtime) {
 			live[k] = v
 		}
 	}
-	if live[n] {
-		return 0, 0, false, nil // rooted meanwhile
+	var dead []string
+	for _, n := range chunk {
+		if !temp.roots[n] && !live[n] { // else taken or rooted meanwhile
+			dead = append(dead, n)
+		}
 	}
-	pi, err := s.reg.Get(n)
+	removed, err := s.reg.InvalidateOrdered(dead)
 	if err != nil {
-		if errors.Is(err, registry.ErrNotValid) {
-			return 0, 0, false, nil
-		}
-		return 0, 0, false, err
+		return nil, 0, err
 	}
-	if _, err := s.reg.Invalidate([]string{n}); err != nil {
-		if errors.Is(err, registry.ErrInUse) {
-			return 0, 0, false, nil // a new referrer appeared: alive after all
-		}
-		return 0, 0, false, err
-	}
-	if s.onChange != nil {
-		s.onChange(nil, []string{n})
+	if len(removed) > 0 && s.onChange != nil {
+		s.onChange(nil, removed)
 	}
 	if s.mode == ModeDisk {
-		freed, err = deleteTree(filepath.Join(s.RealStoreDir(), n))
+		for _, n := range removed {
+			p := filepath.Join(s.RealStoreDir(), n)
+			t := filepath.Join(s.tmpDir(), fmt.Sprintf("trash-%d-%s", os.Getpid(), n))
+			if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
+				os.Chmod(p, 0o755) // moving a directory to another parent needs write access to it
+			}
+			if err := os.Rename(p, t); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return removed, 0, err
+			}
+			trash = append(trash, t)
+		}
 	}
-	return freed, pi.NarSize, true, err
+	return removed, 0, nil
 }
 
 // invalidEntries lists the store directory's entries (disk mode) that are
@@ -475,26 +531,67 @@ func tempLinkOwnerAlive(name string) bool {
 }
 
 // deleteTree removes an item's files, making directories writable first
-// (they are 0555). It returns the bytes of the files whose last link went; a
-// file still linked from `.links` is counted when the sweep prunes its entry.
+// (they are 0555), in one pass over directory descriptors. It returns the
+// bytes of the files whose last link went; a file still linked from
+// `.links` is counted when the sweep prunes its entry.
 func deleteTree(p string) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		err := unix.Unlink(p)
+		if st.Nlink == 1 {
+			return st.Size, err
+		}
+		return 0, err
+	}
+	freed, err := deleteDirContents(unix.AT_FDCWD, p)
+	if err != nil {
+		return freed, err
+	}
+	return freed, unix.Rmdir(p)
+}
+
+// deleteDirContents empties the directory name (relative to dirfd).
+func deleteDirContents(dirfd int, name string) (int64, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	dir := os.NewFile(uintptr(fd), name) // owns fd from here
+	defer dir.Close()
+	unix.Fchmod(fd, 0o755)
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return 0, err
+	}
 	var freed int64
-	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
+	for _, n := range names {
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			continue
 		}
-		if d.IsDir() {
-			os.Chmod(q, 0o755)
-			return nil
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			f, err := deleteDirContents(fd, n)
+			freed += f
+			if err != nil {
+				return freed, err
+			}
+			if err := unix.Unlinkat(fd, n, unix.AT_REMOVEDIR); err != nil {
+				return freed, &os.PathError{Op: "rmdir", Path: n, Err: err}
+			}
+			continue
 		}
-		var st syscall.Stat_t
-		if syscall.Lstat(q, &st) == nil && st.Nlink == 1 {
+		if err := unix.Unlinkat(fd, n, 0); err != nil && err != unix.ENOENT {
+			return freed, &os.PathError{Op: "unlink", Path: n, Err: err}
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
 			freed += st.Size
 		}
-		return nil
-	})
-	if err := os.RemoveAll(p); err != nil {
-		return freed, err
 	}
 	return freed, nil
 }
