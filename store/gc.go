@@ -340,8 +340,12 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 		return nil, 0, err
 	}
 	var trash []string
+	var trashStage *stage // a staging dir of ours: no other process's clean-up takes it
 	defer func() {
 		unlock()
+		if trashStage != nil {
+			defer trashStage.remove()
+		}
 		// the trash is ours alone: delete it in parallel, outside the lock
 		var mu sync.Mutex
 		var g errgroup.Group
@@ -385,10 +389,13 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 	if len(removed) > 0 && s.onChange != nil {
 		s.onChange(nil, removed)
 	}
-	if s.mode == ModeDisk {
+	if s.mode == ModeDisk && len(removed) > 0 {
+		if trashStage, err = s.newStage(); err != nil {
+			return removed, 0, err
+		}
 		for _, n := range removed {
 			p := filepath.Join(s.RealStoreDir(), n)
-			t := filepath.Join(s.tmpDir(), fmt.Sprintf("trash-%d-%s", os.Getpid(), n))
+			t := filepath.Join(trashStage.dir, n)
 			if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
 				os.Chmod(p, 0o755) // moving a directory to another parent needs write access to it
 			}
