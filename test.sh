@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole storefs test suite: installs what the tests need when it is
 # missing (fuse3 for real mounts, nix-bin for comparisons against the real
-# nix-store), then runs every Go test, with the race detector, and a short
-# fuzz run of the NAR reader. Used as is by .ci/run.
+# nix-store), then runs every Go test (the libraries with the race
+# detector), a short fuzz run of the NAR reader, and fails if a test left a
+# mount behind. Used as is by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,7 +25,10 @@ leftover_mounts() { awk -v t="${TMPDIR:-/tmp}/" '$3 == "fuse.storefs" && index($
 before=$(leftover_mounts)
 
 go vet ./...
-go test -race -count=1 -timeout 8m ./...
+# The libraries under the race detector; the CLI scripts and the integration
+# tests run storefs binaries (built without it) as a user would.
+go test -race -count=1 -timeout 8m $(go list ./... | grep -v -e /cmd/ -e /integration)
+go test -count=1 -timeout 8m ./cmd/... ./integration/...
 go test -run='^$' -fuzz=FuzzReader -fuzztime="${STOREFS_FUZZTIME:-15s}" ./nar/
 
 after=$(leftover_mounts)
