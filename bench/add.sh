@@ -26,7 +26,7 @@ bin=$work/storefs
 (cd "$here/.." && go build -o "$bin" ./cmd/storefs)
 
 files=$(find "${items[@]}" -type f | wc -l)
-bytes=$(find "${items[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+bytes=$(find "${items[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
 printf 'corpus: %s (%d items, %d files, %.2f GiB)\n' "$corpus" "${#items[@]}" "$files" "$(echo "$bytes/1073741824" | bc -l)"
 
 cold=warm

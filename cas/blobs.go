@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/storefs/storefs/nar"
 )
 
@@ -49,6 +51,14 @@ func (b *Blobs) Has(k Key) (bool, error) {
 // Open opens a blob for reading. A missing blob is an error satisfying
 // errors.Is(err, fs.ErrNotExist).
 func (b *Blobs) Open(k Key) (*os.File, error) { return os.Open(b.Path(k)) }
+
+// umask is the process's file mode creation mask, read once at start-up
+// (before any goroutine could race with the read).
+var umask = func() os.FileMode {
+	m := unix.Umask(0)
+	unix.Umask(m)
+	return os.FileMode(m)
+}()
 
 func blobMode(exec bool) os.FileMode {
 	if exec {
@@ -153,16 +163,31 @@ func (bt *Batch) PutBytes(k Key, exec bool, data []byte) (bool, error) {
 	if need, err := bt.Need(k); err != nil || !need {
 		return false, err
 	}
-	f, err := os.CreateTemp(bt.dir, "new-")
+	// The key is known: write the staged blob under its final name and
+	// mode at once (one create, no rename, no chmod).
+	p := bt.stagedPath(k)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, blobMode(exec))
 	if err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil // staged by another worker meanwhile
+		}
 		return false, err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(f.Name())
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && blobMode(exec)&^umask != blobMode(exec) {
+		err = os.Chmod(p, blobMode(exec)) // a umask took bits away
+	}
+	if err != nil {
+		os.Remove(p)
 		return false, err
 	}
-	return bt.stage(f, k, exec)
+	bt.mu.Lock()
+	bt.staged[k] = true
+	bt.mu.Unlock()
+	return true, nil
 }
 
 // PutReader copies exactly size bytes from r, hashing them, and checks the

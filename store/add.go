@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
 
 	"github.com/storefs/storefs/cas"
@@ -26,10 +27,11 @@ import (
 const (
 	// Files up to this size are read into memory once: hashed, written and
 	// fed to the item's NAR hash from the same buffer.
-	smallFile = 1 << 20
-	// At most this many files may be read ahead of the NAR hasher, which
-	// bounds memory to window*smallFile.
-	window = 64
+	smallFile = 8 << 20
+	// At most this many files may be read ahead of the NAR hasher, and
+	// their buffers may hold at most windowBytes: that bounds memory.
+	window      = 256
+	windowBytes = 256 << 20
 )
 
 // Progress receives counts of work done; any field may be nil.
@@ -304,6 +306,15 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 	defer cancel()
 	g, gctx := errgroup.WithContext(cctx)
 	tokens := make(chan struct{}, window)
+	// The feeder takes a file's buffer size from the byte budget in file
+	// order, and the hasher gives it back in the same order: no deadlock.
+	budget := semaphore.NewWeighted(windowBytes)
+	weight := func(n *node) int64 {
+		if n.size <= smallFile {
+			return max(n.size, 1)
+		}
+		return 1 // streamed: no buffer
+	}
 	jobs := make(chan *node)
 	g.Go(func() error {
 		defer close(jobs)
@@ -312,6 +323,9 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 			case tokens <- struct{}{}:
 			case <-gctx.Done():
 				return gctx.Err()
+			}
+			if err := budget.Acquire(gctx, weight(f)); err != nil {
+				return err
 			}
 			select {
 			case jobs <- f:
@@ -381,6 +395,7 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 			}
 		}
 		<-tokens
+		budget.Release(weight(n))
 		prog.bytes(n.size)
 		prog.files(1)
 		return nil
@@ -597,7 +612,7 @@ func (it *item) count(r cas.Result, err error) {
 }
 
 func writeFile(dst string, exec bool, data []byte) error {
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	out, err := createFile(dst, exec)
 	if err != nil {
 		return err
 	}
@@ -611,7 +626,7 @@ func writeFile(dst string, exec bool, data []byte) error {
 // copyFile copies n.src to dst (copy_file_range where possible, or through
 // h when a hash of the bytes written is wanted).
 func copyFile(dst string, n *node, h io.Writer) error {
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	out, err := createFile(dst, n.exec)
 	if err != nil {
 		return err
 	}
@@ -645,9 +660,26 @@ func fileMode(exec bool) os.FileMode {
 
 var mtime1 = []unix.Timespec{{Sec: 1}, {Sec: 1}}
 
+// createFile creates a file of a staged tree with its canonical mode
+// already (written through the descriptor opened here).
+func createFile(dst string, exec bool) (*os.File, error) {
+	return os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode(exec))
+}
+
+// umask is the process's file mode creation mask, read once at start-up.
+var umask = func() os.FileMode {
+	m := unix.Umask(0)
+	unix.Umask(m)
+	return os.FileMode(m)
+}()
+
+// canonFile finishes a file made by createFile: its mode (if the umask
+// took bits away) and mtime 1.
 func canonFile(f *os.File, exec bool) error {
-	if err := f.Chmod(fileMode(exec)); err != nil {
-		return err
+	if mode := fileMode(exec); mode&^umask != mode {
+		if err := f.Chmod(mode); err != nil {
+			return err
+		}
 	}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, f.Name(), mtime1, 0)
 }

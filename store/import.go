@@ -230,7 +230,7 @@ func (it *item) streamFile(n *node, nr *nar.Reader, w *nar.Writer) error {
 			return err
 		}
 	} else {
-		out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		out, err := createFile(dst, n.exec)
 		if err != nil {
 			return err
 		}
