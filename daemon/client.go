@@ -248,8 +248,10 @@ func (c *Client) Add(ctx context.Context, src string, o store.AddOptions) (strin
 	if err != nil {
 		return "", err
 	}
-	if err := c.postJSON(ctx, "/v1/refs", nil, pathsBody{Paths: o.Refs}, nil); err != nil {
-		return "", err
+	if len(o.Refs) > 0 { // checked first, as the store does, for the same errors
+		if err := c.postJSON(ctx, "/v1/refs", nil, pathsBody{Paths: o.Refs}, nil); err != nil {
+			return "", err
+		}
 	}
 	if err := store.CheckSource(src); err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,7 +91,8 @@ type Store struct {
 	blobs    *cas.Blobs
 	log      *slog.Logger
 
-	temp *TempRoots // the process's default temp roots
+	temp  *TempRoots // the process's default temp roots
+	syncs syncGroup
 
 	onChange func(added, removed []string) // see OnChange
 
@@ -227,6 +229,7 @@ func Open(state string, opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{state: state, storeDir: reg.StoreDir(), mode: Mode(reg.Mode()), reg: reg, log: log}
+	s.syncs.cond = sync.NewCond(&s.syncs.mu)
 	if s.mode != ModeBlob && s.mode != ModeDisk {
 		return nil, fmt.Errorf("%s: registry records unknown mode %q", state, s.mode)
 	}
@@ -398,8 +401,42 @@ func removeAll(p string) error {
 }
 
 // syncState makes everything written to the state dir's filesystem durable
-// (one syncfs instead of an fsync per file and directory).
+// (one syncfs instead of an fsync per file and directory). Concurrent calls
+// (a daemon's requests) share syncs: each waits for one that started after
+// it asked, so it is covered, and one syncfs serves them all.
 func (s *Store) syncState() error {
+	g := &s.syncs
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.requested++
+	ticket := g.requested
+	for g.completed < ticket {
+		if g.running {
+			g.cond.Wait()
+			continue
+		}
+		g.running = true
+		target := g.requested
+		g.mu.Unlock()
+		err := s.syncfs()
+		g.mu.Lock()
+		g.running = false
+		g.completed, g.err = target, err
+		g.cond.Broadcast()
+	}
+	return g.err
+}
+
+// syncGroup coalesces concurrent syncState calls.
+type syncGroup struct {
+	mu                   sync.Mutex
+	cond                 *sync.Cond
+	running              bool
+	requested, completed uint64
+	err                  error
+}
+
+func (s *Store) syncfs() error {
 	f, err := os.Open(s.state)
 	if err != nil {
 		return err
