@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -117,17 +118,12 @@ func (l *Links) DedupTree(ctx context.Context, root string, o DedupOptions) (Ded
 // DedupTrees is DedupTree over several roots, all walked first, then
 // hashed and linked by one pool of o.Workers.
 func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) (DedupStats, error) {
+	start := time.Now()
 	var st DedupStats
 	var files []dedupFile
-	var walk func(p string) error
-	walk = func(p string) error {
-		fi, err := os.Lstat(p)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
+	// visit looks at one node whose lstat result is fi.
+	var visit func(p string, fi os.FileInfo) error
+	visit = func(p string, fi os.FileInfo) error {
 		switch {
 		case fi.IsDir():
 			if filepath.Clean(p) == l.dir {
@@ -141,12 +137,17 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 				return err
 			}
 			for _, e := range ents {
-				if o.Inodes != nil && !e.IsDir() {
-					if info, err := e.Info(); err == nil && o.Inodes.has(inode(info)) {
+				info, err := e.Info() // one lstat per entry
+				if err != nil {
+					if errors.Is(err, fs.ErrNotExist) {
 						continue
 					}
+					return err
 				}
-				if err := walk(filepath.Join(p, e.Name())); err != nil {
+				if o.Inodes != nil && !info.IsDir() && o.Inodes.has(inode(info)) {
+					continue
+				}
+				if err := visit(filepath.Join(p, e.Name()), info); err != nil {
 					return err
 				}
 			}
@@ -163,12 +164,23 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 		}
 		return nil
 	}
+	walk := func(p string) error {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		return visit(p, fi)
+	}
 	for _, root := range roots {
 		if err := walk(root); err != nil {
 			return st, err
 		}
 	}
 	workers := max(o.Workers, 1)
+	l.log.Debug("dedup: walked", "files", len(files), "elapsed", time.Since(start))
 	slices.SortStableFunc(files, func(a, b dedupFile) int { return strings.Compare(filepath.Dir(a.path), filepath.Dir(b.path)) })
 
 	// Hash every file in parallel...
@@ -200,6 +212,7 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 	if err := ctx.Err(); err != nil {
 		return st, err
 	}
+	l.log.Debug("dedup: hashed", "elapsed", time.Since(start))
 
 	// ...then link directory by directory, each made writable once for all
 	// its renames (the walk lists a directory's files together).
@@ -259,6 +272,7 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 		})
 	}
 	g.Wait()
+	l.log.Debug("dedup: linked", "elapsed", time.Since(start))
 	return st, ctx.Err()
 }
 
