@@ -88,8 +88,26 @@ func CheckMountpoint(mountpoint, state string, allowNonempty bool) (string, stri
 	if err != nil {
 		return "", "", err
 	}
+	st, err := filepath.Abs(state)
+	if err != nil {
+		return "", "", err
+	}
+	if real, err := filepath.EvalSymlinks(st); err == nil {
+		st = real
+	}
+	// Refuse before creating anything (the parent's symlinks resolved).
+	probe := mp
+	if real, err := filepath.EvalSymlinks(filepath.Dir(mp)); err == nil {
+		probe = filepath.Join(real, filepath.Base(mp))
+	}
+	if within(probe, st) || within(st, probe) {
+		return "", "", fmt.Errorf("refusing to mount at %s: it is inside the state dir %s or contains it", mp, st)
+	}
 	note := ""
-	if _, err := os.Stat(mp); errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
+	// A dead FUSE server leaves its mount answering ENOTCONN, but a plain
+	// stat may be served from the kernel's attribute cache: force a sync.
+	var sx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, mp, unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &sx); errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
 		if err := Unmount(mp, true); err != nil {
 			return "", "", fmt.Errorf("%s: a stale mount (its server died) could not be cleared: %w", mp, err)
 		}
@@ -100,13 +118,6 @@ func CheckMountpoint(mountpoint, state string, allowNonempty bool) (string, stri
 	}
 	if real, err := filepath.EvalSymlinks(mp); err == nil {
 		mp = real
-	}
-	st, err := filepath.Abs(state)
-	if err != nil {
-		return "", "", err
-	}
-	if real, err := filepath.EvalSymlinks(st); err == nil {
-		st = real
 	}
 	if within(mp, st) || within(st, mp) {
 		return "", "", fmt.Errorf("refusing to mount at %s: it is inside the state dir %s or contains it", mp, st)
@@ -181,20 +192,30 @@ func Unmount(mp string, lazy bool) error {
 	return nil
 }
 
-// Stop unmounts a served mount: it retries while the mount is busy, then
-// detaches it lazily, and waits for the server to finish.
+// Stop unmounts a served mount: it tries a plain unmount for about a
+// second while the mount is busy, then detaches it lazily. It waits for the
+// server to finish, but not for the last user of a lazily detached mount:
+// the caller exits, which closes /dev/fuse and ends the connection.
 func Stop(srv *fuse.Server, mp string) error {
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
 	var err error
-	for i := 0; i < 10; i++ {
+	for deadline := time.Now().Add(time.Second); ; {
 		if err = srv.Unmount(); err == nil {
-			srv.Wait()
+			<-done
 			return nil
+		}
+		if time.Now().After(deadline) {
+			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if lerr := Unmount(mp, true); lerr != nil {
 		return fmt.Errorf("unmount %s: %v; lazy unmount: %w", mp, err, lerr)
 	}
-	srv.Wait()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
 	return nil
 }
