@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,25 +38,6 @@ const (
 	daemonReadyTimeout = 15 * time.Second
 	daemonStopTimeout  = 15 * time.Second
 )
-
-// syncBuffer is a bytes.Buffer safe for a process writing while the test
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // daemonProc is a running `storefs daemon` process.
 type daemonProc struct {
@@ -115,14 +95,7 @@ func startDaemonBin(t testing.TB, bin, state string, args ...string) *daemonProc
 
 func (d *daemonProc) pid() int { return d.cmd.Process.Pid }
 
-func (d *daemonProc) exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
-}
+func (d *daemonProc) exited() bool { return isClosed(d.done) }
 
 // exitCode is the daemon's exit status (-1 when killed by a signal).
 func (d *daemonProc) exitCode() int { return d.cmd.ProcessState.ExitCode() }
@@ -273,14 +246,7 @@ func startClient(t testing.TB, ctx context.Context, state string, args ...string
 	return c
 }
 
-func (c *client) finished() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
+func (c *client) finished() bool { return isClosed(c.done) }
 
 // daemonItems generates, for each of n clients, k items: every item has a
 // large file and a small one shared by all clients (identical content), a
@@ -792,20 +758,7 @@ func kill9DuringAdd(t *testing.T, mode string, srcs, want []string, delays []tim
 	if !slices.Equal(got, want) {
 		t.Errorf("the retried add printed %q, want %q", got, want)
 	}
-	if ls := listStore(t, state); !sameSet(ls, want) {
-		t.Errorf("storefs ls = %v, want %v", ls, want)
-	}
-	checkVerify(t, state)
-	checkTmpEmpty(t, state)
-	if mode == "disk" {
-		var bases []string
-		for _, p := range want {
-			bases = append(bases, filepath.Base(p))
-		}
-		if got := diskStoreEntries(t, state); !sameSet(got, bases) {
-			t.Errorf("store/ holds %v, want the valid items %v", got, bases)
-		}
-	}
+	checkValidItems(t, state, mode, want)
 	d.mustStop(t)
 }
 
@@ -1017,20 +970,6 @@ func filesNaming(files map[string]string, base string, daemonPID int) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// waitFor polls cond for up to d.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestDaemonSessionTempRoots uses the daemon package's client: the temp

@@ -102,20 +102,7 @@ func TestKillDuringAdd(t *testing.T) {
 			if !slices.Equal(got, want) {
 				t.Errorf("storefs add printed %q, want %q", got, want)
 			}
-			if ls := listStore(t, state); !sameSet(ls, want) {
-				t.Errorf("storefs ls = %v, want %v", ls, want)
-			}
-			checkVerify(t, state)
-			checkTmpEmpty(t, state)
-			if mode == "disk" {
-				var bases []string
-				for _, p := range want {
-					bases = append(bases, filepath.Base(p))
-				}
-				if got := diskStoreEntries(t, state); !sameSet(got, bases) {
-					t.Errorf("store/ holds %v, want the valid items %v", got, bases)
-				}
-			}
+			checkValidItems(t, state, mode, want)
 		})
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -69,31 +68,13 @@ func requireFUSE(t testing.TB) {
 	t.Skipf("FUSE not usable here, skipping the mount test (set STOREFS_TEST_FUSE=require to make this a failure): %s", why)
 }
 
-// mountOutput collects a process's output while the test reads it.
-type mountOutput struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (o *mountOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *mountOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
-
 // mountProc is a running `storefs mount` process.
 type mountProc struct {
 	t      testing.TB
 	mp     string // canonical absolute mountpoint (as in mountinfo)
 	cmd    *exec.Cmd
-	stderr *mountOutput
-	stdout *mountOutput
+	stderr *syncBuffer
+	stdout *syncBuffer
 	done   chan struct{} // closed once the process has been waited for
 	dev    string        // the mount's major:minor, from mountinfo
 }
@@ -123,7 +104,7 @@ func tryStartMount(t testing.TB, state, mp string, extraArgs ...string) (*mountP
 // setpriv) that mounts mp, and waits for the mount.
 func startMountCmd(t testing.TB, mp string, cmd *exec.Cmd) (*mountProc, error) {
 	t.Helper()
-	m := &mountProc{t: t, mp: canonicalMountpoint(t, mp), cmd: cmd, stderr: &mountOutput{}, stdout: &mountOutput{}, done: make(chan struct{})}
+	m := &mountProc{t: t, mp: canonicalMountpoint(t, mp), cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan struct{})}
 	before := map[string]bool{}
 	for _, e := range mountEntries(t, m.mp) {
 		before[e.id+" "+e.dev] = true
@@ -161,14 +142,7 @@ func startMountCmd(t testing.TB, mp string, cmd *exec.Cmd) (*mountProc, error) {
 
 func (m *mountProc) pid() int { return m.cmd.Process.Pid }
 
-func (m *mountProc) exited() bool {
-	select {
-	case <-m.done:
-		return true
-	default:
-		return false
-	}
-}
+func (m *mountProc) exited() bool { return isClosed(m.done) }
 
 // waitExit waits up to d for the process to exit and reports whether it did.
 func (m *mountProc) waitExit(d time.Duration) bool {
@@ -921,11 +895,11 @@ func TestMountSignals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		readerOut := &mountOutput{}
+		readerOut := &syncBuffer{}
 		reader.Stdout, reader.Stderr = readerOut, readerOut
 		// holder: its cwd is inside the mount
 		holder := exec.Command("sh", "-c", `cd "$1" && echo ready && exec sleep 120`, "sh", filepath.Join(itemDir, "sub"))
-		holderOut := &mountOutput{}
+		holderOut := &syncBuffer{}
 		holder.Stdout, holder.Stderr = holderOut, holderOut
 		readerDone, holderDone := make(chan struct{}), make(chan struct{})
 		for _, c := range []struct {
@@ -945,13 +919,9 @@ func TestMountSignals(t *testing.T) {
 			<-readerDone
 			<-holderDone
 		})
-		for _, o := range []*mountOutput{readerOut, holderOut} {
-			deadline := time.Now().Add(10 * time.Second)
-			for !strings.Contains(o.String(), "ready") {
-				if time.Now().After(deadline) {
-					t.Fatalf("helper process not ready within 10s: %q", o.String())
-				}
-				time.Sleep(10 * time.Millisecond)
+		for _, o := range []*syncBuffer{readerOut, holderOut} {
+			if !waitFor(10*time.Second, func() bool { return strings.Contains(o.String(), "ready") }) {
+				t.Fatalf("helper process not ready within 10s: %q", o.String())
 			}
 		}
 
