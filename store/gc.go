@@ -284,6 +284,14 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 		}
 	}
 	var sum int64
+	var tr trash
+	defer func() {
+		freed, err := tr.empty()
+		res.Freed += freed
+		if err != nil {
+			s.log.Warn("gc: emptying the trash", "err", err)
+		}
+	}()
 	for len(targets) > 0 {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -303,7 +311,7 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 		}
 		chunk := targets[:n]
 		targets = targets[n:]
-		deleted, freed, err := s.deleteDead(chunk, temp, &stamp, g, runtime, live)
+		deleted, freed, err := s.deleteDead(chunk, temp, &stamp, g, runtime, live, &tr)
 		for _, d := range deleted {
 			res.Deleted = append(res.Deleted, s.FullPath(d))
 			sum += sizes[d]
@@ -312,6 +320,12 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 		if err != nil {
 			return res, err
 		}
+	}
+	freed, err := tr.empty()
+	tr = trash{}
+	res.Freed += freed
+	if err != nil {
+		return res, err
 	}
 	s.log.Debug("gc: paths deleted", "n", len(res.Deleted), "elapsed", time.Since(start))
 	if err := s.sweepInvalid(temp, res); err != nil {
@@ -325,6 +339,41 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 	return res, nil
 }
 
+// isRoot: permission bits do not stop this process (CAP_DAC_OVERRIDE).
+var isRoot = os.Geteuid() == 0
+
+// trash holds the directories of deleted paths (disk mode), moved out of
+// the store into a staging dir of the collector's own (no other process's
+// clean-up takes it). It is emptied once, after every invalidation: the
+// registry's commits then do not wait on the journal for the deletions.
+type trash struct {
+	stage *stage
+	paths []string
+}
+
+// empty deletes the trash in parallel and returns the bytes freed.
+func (tr *trash) empty() (int64, error) {
+	if tr.stage == nil {
+		return 0, nil
+	}
+	defer tr.stage.remove()
+	var mu sync.Mutex
+	var freed int64
+	var g errgroup.Group
+	g.SetLimit(4)
+	for _, p := range tr.paths {
+		g.Go(func() error {
+			f, err := deleteTree(p)
+			mu.Lock()
+			freed += f
+			mu.Unlock()
+			return err
+		})
+	}
+	err := g.Wait()
+	return freed, err
+}
+
 // gcChunk is how many dead paths one critical section handles.
 const gcChunk = 256
 
@@ -332,37 +381,15 @@ const gcChunk = 256
 // critical section: it re-reads the temp roots and, if they changed, the
 // roots (recomputing live, the collection's live set), invalidates in one
 // transaction the paths still dead and not referred to by anything kept,
-// and in disk mode moves their directories out of the store (deleted after
-// the lock is released: an adder may make the same path again at once).
-func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool, live map[string]bool) (deleted []string, freed int64, err error) {
+// and in disk mode moves their directories out of the store into tr
+// (deleted later, outside the lock: an adder may make the same path again
+// at once).
+func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool, live map[string]bool, tr *trash) (deleted []string, freed int64, err error) {
 	unlock, err := s.lockGC(true)
 	if err != nil {
 		return nil, 0, err
 	}
-	var trash []string
-	var trashStage *stage // a staging dir of ours: no other process's clean-up takes it
-	defer func() {
-		unlock()
-		if trashStage != nil {
-			defer trashStage.remove()
-		}
-		// the trash is ours alone: delete it in parallel, outside the lock
-		var mu sync.Mutex
-		var g errgroup.Group
-		g.SetLimit(4)
-		for _, p := range trash {
-			g.Go(func() error {
-				f, err := deleteTree(p)
-				mu.Lock()
-				freed += f
-				mu.Unlock()
-				return err
-			})
-		}
-		if derr := g.Wait(); err == nil {
-			err = derr
-		}
-	}()
+	defer unlock()
 	if err := temp.refresh(); err != nil {
 		return nil, 0, err
 	}
@@ -390,14 +417,18 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 		s.onChange(nil, removed)
 	}
 	if s.mode == ModeDisk && len(removed) > 0 {
-		if trashStage, err = s.newStage(); err != nil {
-			return removed, 0, err
+		if tr.stage == nil {
+			if tr.stage, err = s.newStage(); err != nil {
+				return removed, 0, err
+			}
 		}
 		for _, n := range removed {
 			p := filepath.Join(s.RealStoreDir(), n)
-			t := filepath.Join(trashStage.dir, n)
-			if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
-				os.Chmod(p, 0o755) // moving a directory to another parent needs write access to it
+			t := filepath.Join(tr.stage.dir, n)
+			if !isRoot {
+				if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
+					os.Chmod(p, 0o755) // moving a directory to another parent needs write access to it
+				}
 			}
 			if err := os.Rename(p, t); err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
@@ -405,7 +436,7 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 				}
 				return removed, 0, err
 			}
-			trash = append(trash, t)
+			tr.paths = append(tr.paths, t)
 		}
 	}
 	return removed, 0, nil
@@ -571,7 +602,9 @@ func deleteDirContents(dirfd int, name string) (int64, error) {
 	}
 	dir := os.NewFile(uintptr(fd), name) // owns fd from here
 	defer dir.Close()
-	unix.Fchmod(fd, 0o755)
+	if !isRoot { // root may unlink in a 0555 directory; others must make it writable
+		unix.Fchmod(fd, 0o755)
+	}
 	names, err := dir.Readdirnames(-1)
 	if err != nil {
 		return 0, err
