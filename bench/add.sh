@@ -9,19 +9,12 @@
 # the filesystem of /var/tmp), which needs room for about 4 copies of the corpus.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-corpus=${1:-}
-if [ -z "$corpus" ]; then
-  corpus=$(mktemp -d /var/tmp/storefs-corpus.XXXXXX)
-  for d in src lib misc api test; do [ -d "$(go env GOROOT)/$d" ] && cp -a "$(go env GOROOT)/$d" "$corpus/go-$d"; done
-  trap 'rm -rf "$corpus"' EXIT
-fi
-corpus=$(cd "$corpus" && pwd)
-items=()
-for d in "$corpus"/*/; do items+=("${d%/}"); done
-[ ${#items[@]} -gt 0 ] || { echo "no items in $corpus" >&2; exit 1; }
+source "$here/lib.sh"
+trap bench_cleanup EXIT
+bench_corpus "${1:-}"
 
 work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/storefs-bench.XXXXXX")
-trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+bench_trash+=("$work")
 bin=$work/storefs
 (cd "$here/.." && go build -o "$bin" ./cmd/storefs)
 

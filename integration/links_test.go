@@ -25,6 +25,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
+	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/nar"
 )
 
@@ -44,28 +45,8 @@ const linksPrunerEnv = "STOREFS_TEST_LINKS_PRUNER"
 // linksRaceFor is how long the optimisers race the pruner and the adders.
 const linksRaceFor = 2500 * time.Millisecond
 
-// linksStats is `storefs optimise --json`.
-type linksStats struct {
-	Files      int   `json:"filesConsidered"`
-	Linked     int   `json:"filesLinked"`
-	BytesFreed int64 `json:"bytesFreed"`
-	Canonical  int   `json:"newEntries"`
-	Already    int   `json:"alreadyLinked"`
-	Skipped    int   `json:"skipped"`
-	Writable   int   `json:"writableSkipped"`
-	Errors     int   `json:"errors"`
-}
-
-func (s *linksStats) add(o linksStats) {
-	s.Files += o.Files
-	s.Linked += o.Linked
-	s.BytesFreed += o.BytesFreed
-	s.Canonical += o.Canonical
-	s.Already += o.Already
-	s.Skipped += o.Skipped
-	s.Writable += o.Writable
-	s.Errors += o.Errors
-}
+// linksStats is `storefs optimise --json`: the CLI encodes cas.DedupStats.
+type linksStats = cas.DedupStats
 
 func parseLinksStats(t testing.TB, out []byte) linksStats {
 	t.Helper()
@@ -710,7 +691,7 @@ func TestLinksManyProcesses(t *testing.T) {
 			if st.Errors != 0 {
 				t.Errorf("a racing storefs optimise counted %d errors: %+v\nstderr:\n%s", st.Errors, st, r.stderr)
 			}
-			total.add(st)
+			total.Add(st)
 		case "add":
 			i := slices.Index(adderSrcs[0], r.args[1])
 			want := wantAdder[0]
