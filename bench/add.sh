@@ -22,12 +22,10 @@ files=$(find "${items[@]}" -type f | wc -l)
 bytes=$(find "${items[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
 printf 'corpus: %s (%d items, %d files, %.2f GiB)\n' "$corpus" "${#items[@]}" "$files" "$(echo "$bytes/1073741824" | bc -l)"
 
-cold=warm
-drop() { if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 > /proc/sys/vm/drop_caches; cold=cold; fi; }
 
 # seconds CMD...: runs CMD after dropping caches, prints elapsed seconds.
 seconds() {
-  drop
+  bench_drop
   local t0 t1
   t0=$(date +%s.%N)
   "$@" >/dev/null
@@ -71,7 +69,7 @@ for mode in blob disk disk-nodedup; do
 done
 
 ratio() { if [ "$2" = na ]; then echo "n/a"; else printf '%.2f' "$(echo "$1 / $2" | bc -l)"; fi; }
-printf '\n%s cache, seconds (ratio = time / baseline time; < 1 is faster)\n' "$cold"
+printf '\n%s; seconds (ratio = time / baseline time; < 1 is faster)\n' "$bench_cache"
 printf '%-28s %8s %10s %12s\n' "" "seconds" "vs cp -a" "vs nix-store"
 printf '%-28s %8.2f %10s %12s\n' "cp -a" "$t_cp" 1.00 "$(ratio "$t_cp" "$t_nix")"
 [ "$t_nix" != na ] && printf '%-28s %8.2f %10s %12s\n' "nix-store --add" "$t_nix" "$(ratio "$t_nix" "$t_cp")" 1.00

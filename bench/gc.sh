@@ -10,6 +10,7 @@
 # $BENCH_TMP (default: a temp dir under /var/tmp).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
 command -v nix-store >/dev/null || { echo "nix-store is needed (apt-get install nix-bin)" >&2; exit 1; }
 small=${SMALL:-3000} large=${LARGE:-4} large_mb=${LARGE_MB:-64}
 corpus=${1:-}
@@ -49,10 +50,8 @@ bytes=$(find "${items[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
 printf 'items: %d (%d small, %d x %d MiB%s), %.2f GiB in %d files\n' "${#items[@]}" "$small" "$large" "$large_mb" \
   "${corpus:+, and the subdirectories of $corpus}" "$(echo "$bytes/1073741824" | bc -l)" "$(find "${items[@]}" -type f | wc -l)"
 
-cold=warm
-drop() { if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 > /proc/sys/vm/drop_caches; cold=cold; fi; }
 # elapsed CMD...: runs CMD after dropping caches; prints elapsed seconds (output in $work/out).
-elapsed() { local t0 t1; drop; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; sync; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+elapsed() { local t0 t1; bench_drop; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; sync; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
 
 # Nix
 export NIX_CONFIG=$'substituters =\nsandbox = false\nbuild-users-group =\nauto-optimise-store = false\nexperimental-features = nix-command' \
@@ -79,7 +78,7 @@ for mode in blob disk; do
   chmod -R u+w "$st"; rm -rf "$st"
 done
 
-printf '%s cache; each store held the same %d items, none rooted\n' "$cold" "$n_nix"
+printf '%s; each store held the same %d items, none rooted\n' "$bench_cache" "$n_nix"
 printf '%-22s %8.2f s   %s   (%d paths left)\n' "nix-store --gc" "$t_nix" "$nix_line" "$left_nix"
 for mode in blob disk; do
   printf '%-22s %8.2f s   %s   (%d paths left)   %.2fx the time of nix-store --gc (%.2fx faster)\n' "storefs gc ($mode)" "${t_sf[$mode]}" "${line[$mode]}" \

@@ -26,3 +26,13 @@ bench_cleanup() {
     rm -rf "$p"
   done
 }
+
+# bench_drop flushes dirty data (so no step is timed writing back the previous one's), then drops
+# the page cache where the machine lets us; $bench_cache says which of the two the figures are.
+# (In some containers drop_caches is writable but changes nothing: then the figures are warm.)
+if [ -w /proc/sys/vm/drop_caches ] && echo 3 2>/dev/null > /proc/sys/vm/drop_caches; then
+  bench_cache="caches dropped before each timed step"
+else
+  bench_cache="warm cache"
+fi
+bench_drop() { sync; [ "$bench_cache" = "warm cache" ] || echo 3 > /proc/sys/vm/drop_caches; }

@@ -15,9 +15,7 @@ work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/storefs-bench.XXXXXX")
 bench_trash+=("$work")
 bin=$work/storefs
 (cd "$here/.." && go build -o "$bin" ./cmd/storefs)
-cold=warm
-drop() { if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 > /proc/sys/vm/drop_caches; cold=cold; fi; }
-elapsed() { local t0 t1; drop; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+elapsed() { local t0 t1; bench_drop; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; sync; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
 
 export NIX_CONFIG=$'substituters =\nsandbox = false\nbuild-users-group =\nauto-optimise-store = false' HOME=$work/home XDG_CACHE_HOME=$work/home/.cache
 r=$work/nix; url="local?store=/gnu/store&real=$r/store&state=$r/state&log=$r/log"
@@ -37,7 +35,7 @@ for min in 0 8192; do
   chmod -R u+w "$st"; rm -rf "$st"
 done
 
-printf '%s cache; %d items from %s\n' "$cold" "${#items[@]}" "$corpus"
+printf '%s; %d items from %s\n' "$bench_cache" "${#items[@]}" "$corpus"
 printf '%-40s %8.2f s   %s\n' "nix-store --optimise" "$t_nix" "$nix_line"
 printf '%-40s %8s     (.links: %d files, %d symlinks; Nix 2.8 also links symlinks)\n' "" "" "$nix_links" "$nix_syml"
 for min in 0 8192; do

@@ -8,8 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -115,180 +113,246 @@ func (l *Links) DedupTree(ctx context.Context, root string, o DedupOptions) (Ded
 	return l.DedupTrees(ctx, []string{root}, o)
 }
 
-// DedupTrees is DedupTree over several roots, all walked first, then
-// hashed and linked by one pool of o.Workers.
+// maxGroup bounds the files of one directory handled as a unit: their
+// descriptors stay open until the unit is linked.
+const maxGroup = 256
+
+// releasers is the number of goroutines closing replaced files.
+const releasers = 4
+
+// dedupGroup is files of one directory, deduplicated together: the
+// directory is made writable once for all their renames.
+type dedupGroup struct {
+	dir   string
+	files []dedupFile
+}
+
+// DedupTrees is DedupTree over several roots. The walk hands each
+// directory's files to a pool of o.Workers, which hash and link them as they
+// come (hashing one directory overlaps with linking another).
 func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) (DedupStats, error) {
 	start := time.Now()
-	var st DedupStats
-	var files []dedupFile
-	// visit looks at one node whose lstat result is fi.
-	var visit func(p string, fi os.FileInfo) error
-	visit = func(p string, fi os.FileInfo) error {
-		switch {
-		case fi.IsDir():
-			if filepath.Clean(p) == l.dir {
-				return nil
-			}
-			ents, err := os.ReadDir(p)
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil
+	workers := max(o.Workers, 1)
+	var (
+		mu sync.Mutex
+		st DedupStats
+	)
+	rel := newReleaser(releasers, workers)
+	groups := make(chan dedupGroup, workers)
+	g, gctx := errgroup.WithContext(ctx)
+	for range workers {
+		g.Go(func() error {
+			for grp := range groups {
+				if gctx.Err() != nil {
+					continue // drain, so the walk never blocks
 				}
-				return err
+				gs := l.dedupGroup(grp, o.Inodes, rel)
+				mu.Lock()
+				st.Add(gs)
+				mu.Unlock()
 			}
-			for _, e := range ents {
-				info, err := e.Info() // one lstat per entry
-				if err != nil {
-					if errors.Is(err, fs.ErrNotExist) {
-						continue
-					}
-					return err
-				}
-				if o.Inodes != nil && !info.IsDir() && o.Inodes.has(inode(info)) {
-					continue
-				}
-				if err := visit(filepath.Join(p, e.Name()), info); err != nil {
-					return err
-				}
-			}
-		case fi.Mode().IsRegular():
-			if fi.Size() < o.MinSize {
-				return nil
-			}
-			if fi.Mode()&0o200 != 0 {
-				l.log.Warn("skipping suspicious writable file", "path", p)
-				st.Writable++
-				return nil
-			}
-			files = append(files, dedupFile{path: p, exec: fi.Mode()&0o100 != 0, size: fi.Size()})
-		}
-		return nil
+			return nil
+		})
 	}
-	walk := func(p string) error {
-		fi, err := os.Lstat(p)
+	nfiles := 0
+	writable, err := l.walkGroups(gctx, roots, o, func(grp dedupGroup) {
+		nfiles += len(grp.files)
+		groups <- grp
+	})
+	close(groups)
+	g.Wait()
+	rel.wait()
+	st.Writable += writable
+	l.log.Debug("dedup: done", "files", nfiles, "elapsed", time.Since(start))
+	if err != nil {
+		return st, err
+	}
+	return st, ctx.Err()
+}
+
+// walkGroups walks roots in sorted order and calls emit with the regular
+// files of each directory (at most maxGroup at a time) before descending
+// into its subdirectories. It returns how many writable files it skipped.
+func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, emit func(dedupGroup)) (int, error) {
+	writable := 0
+	var walkDir func(dir string) error
+	walkDir = func(dir string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if filepath.Clean(dir) == l.dir {
+			return nil
+		}
+		ents, err := os.ReadDir(dir)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
 			return err
 		}
-		return visit(p, fi)
-	}
-	for _, root := range roots {
-		if err := walk(root); err != nil {
-			return st, err
-		}
-	}
-	workers := max(o.Workers, 1)
-	l.log.Debug("dedup: walked", "files", len(files), "elapsed", time.Since(start))
-	slices.SortStableFunc(files, func(a, b dedupFile) int { return strings.Compare(filepath.Dir(a.path), filepath.Dir(b.path)) })
-
-	// Hash every file in parallel...
-	type hashed struct {
-		key Key
-		res *Result // set when hashing ended it (vanished file)
-		err error
-	}
-	hs := make([]hashed, len(files))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(workers)
-	for i, f := range files {
-		if gctx.Err() != nil {
-			break
-		}
-		g.Go(func() error {
-			k, err := hashPath(f.path, f.exec, f.size)
-			switch {
-			case errors.Is(err, fs.ErrNotExist):
-				hs[i].res = &Result{Outcome: Skipped, Reason: "file vanished"}
-			case err != nil:
-				hs[i].err = err
+		var files []dedupFile
+		var subdirs []string
+		for _, e := range ents {
+			p := filepath.Join(dir, e.Name())
+			switch e.Type() {
+			case fs.ModeDir:
+				subdirs = append(subdirs, p)
+				continue
+			case 0: // regular file
+			default:
+				continue // symlinks and the rest are never linked
 			}
-			hs[i].key = k
-			return nil
-		})
-	}
-	g.Wait()
-	if err := ctx.Err(); err != nil {
-		return st, err
-	}
-	l.log.Debug("dedup: hashed", "elapsed", time.Since(start))
-
-	// ...then link directory by directory, each made writable once for all
-	// its renames (the walk lists a directory's files together).
-	var mu sync.Mutex
-	record := func(f dedupFile, r Result, err error) {
-		if err != nil {
-			l.log.Warn("deduplication failed", "path", f.path, "err", err)
-		} else if o.Inodes != nil && r.Outcome != Skipped {
-			o.Inodes.add(r.Ino)
-		}
-		mu.Lock()
-		st.Count(r, err)
-		mu.Unlock()
-	}
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(workers)
-	for start := 0; start < len(files); {
-		end := start + 1
-		dir := filepath.Dir(files[start].path)
-		for end < len(files) && filepath.Dir(files[end].path) == dir {
-			end++
-		}
-		group, ghs := files[start:end], hs[start:end]
-		start = end
-		if gctx.Err() != nil {
-			break
-		}
-		g.Go(func() error {
-			var todo []PathKey
-			var idx []int
-			for i, h := range ghs {
-				if h.res != nil || h.err != nil {
-					var r Result
-					if h.res != nil {
-						r = *h.res
-					}
-					record(group[i], r, h.err)
+			info, err := e.Info() // one lstat per regular file
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
 					continue
 				}
-				todo = append(todo, PathKey{group[i].path, h.key})
-				idx = append(idx, i)
+				return err
 			}
-			if len(todo) == 0 {
-				return nil
+			if !info.Mode().IsRegular() || info.Size() < o.MinSize {
+				continue
 			}
-			rs, errs, rerr := l.CanonicalizeDir(dir, todo)
-			for j, i := range idx {
-				record(group[i], rs[j], errs[j])
+			if o.Inodes != nil && o.Inodes.has(inode(info)) {
+				continue
 			}
-			if rerr != nil {
-				l.log.Warn("deduplication: restoring a directory failed", "dir", dir, "err", rerr)
-				mu.Lock()
-				st.Errors++
-				mu.Unlock()
+			if info.Mode()&0o200 != 0 {
+				l.log.Warn("skipping suspicious writable file", "path", p)
+				writable++
+				continue
 			}
-			return nil
-		})
+			files = append(files, dedupFile{path: p, exec: info.Mode()&0o100 != 0, size: info.Size()})
+			if len(files) == maxGroup {
+				emit(dedupGroup{dir: dir, files: files})
+				files = nil
+			}
+		}
+		if len(files) > 0 {
+			emit(dedupGroup{dir: dir, files: files})
+		}
+		for _, sd := range subdirs {
+			if err := walkDir(sd); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	g.Wait()
-	l.log.Debug("dedup: linked", "elapsed", time.Since(start))
-	return st, ctx.Err()
+	for _, root := range roots {
+		fi, err := os.Lstat(root)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return writable, err
+		}
+		switch {
+		case fi.IsDir():
+			err = walkDir(root)
+		case fi.Mode().IsRegular() && fi.Size() >= o.MinSize && (o.Inodes == nil || !o.Inodes.has(inode(fi))):
+			if fi.Mode()&0o200 != 0 {
+				l.log.Warn("skipping suspicious writable file", "path", root)
+				writable++
+				continue
+			}
+			emit(dedupGroup{dir: filepath.Dir(root), files: []dedupFile{{path: root, exec: fi.Mode()&0o100 != 0, size: fi.Size()}}})
+		}
+		if err != nil {
+			return writable, err
+		}
+	}
+	return writable, nil
 }
 
-// hashPath computes a file's key, reading it through a raw descriptor (no
-// poller registration: this runs once per file of a store).
-func hashPath(path string, exec bool, size int64) (Key, error) {
+// dedupGroup hashes and links one group. The descriptors opened to hash the
+// files stay open until they are linked, then go to rel: a file replaced by
+// a link is freed when the last descriptor closes, not in the rename.
+func (l *Links) dedupGroup(grp dedupGroup, inodes *InodeSet, rel *releaser) DedupStats {
+	var st DedupStats
+	record := func(path string, r Result, err error) {
+		if err != nil {
+			l.log.Warn("deduplication failed", "path", path, "err", err)
+		} else if inodes != nil && r.Outcome != Skipped {
+			inodes.add(r.Ino)
+		}
+		st.Count(r, err)
+	}
+	todo := make([]PathKey, 0, len(grp.files))
+	fds := make([]int, 0, len(grp.files))
+	for _, f := range grp.files {
+		fd, k, err := openHash(f.path, f.exec, f.size)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			record(f.path, Result{Outcome: Skipped, Reason: "file vanished"}, nil)
+		case err != nil:
+			record(f.path, Result{}, err)
+		default:
+			todo = append(todo, PathKey{f.path, k})
+			fds = append(fds, fd)
+		}
+	}
+	if len(todo) > 0 {
+		rs, errs, rerr := l.CanonicalizeDir(grp.dir, todo)
+		for i, pk := range todo {
+			record(pk.Path, rs[i], errs[i])
+		}
+		if rerr != nil {
+			l.log.Warn("deduplication: restoring a directory failed", "dir", grp.dir, "err", rerr)
+			st.Errors++
+		}
+	}
+	rel.release(fds)
+	return st
+}
+
+// A releaser closes, on goroutines of its own, the descriptors of files that
+// may just have lost their last name. The last close frees the blocks, and
+// on a filesystem mounted with discard (or with a large file) that waits
+// for the device; done here, the wait overlaps with the next renames
+// instead of sitting inside each one.
+type releaser struct {
+	ch chan []int
+	wg sync.WaitGroup
+}
+
+func newReleaser(n, queue int) *releaser {
+	r := &releaser{ch: make(chan []int, queue)}
+	for range n {
+		r.wg.Go(func() {
+			for fds := range r.ch {
+				for _, fd := range fds {
+					unix.Close(fd)
+				}
+			}
+		})
+	}
+	return r
+}
+
+func (r *releaser) release(fds []int) {
+	if len(fds) > 0 {
+		r.ch <- fds
+	}
+}
+
+// wait closes what is queued and returns once every descriptor is closed.
+func (r *releaser) wait() {
+	close(r.ch)
+	r.wg.Wait()
+}
+
+// openHash computes a file's key, reading it through a raw descriptor (no
+// poller registration: this runs once per file of a store), and returns the
+// descriptor open.
+func openHash(path string, exec bool, size int64) (int, Key, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return Key{}, &os.PathError{Op: "open", Path: path, Err: err}
+		return -1, Key{}, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer unix.Close(fd)
 	sum, err := nar.HashFile(exec, size, fdReader(fd))
 	if err != nil {
-		return Key{}, fmt.Errorf("%s: %w", path, err)
+		unix.Close(fd)
+		return -1, Key{}, fmt.Errorf("%s: %w", path, err)
 	}
-	return Key(sum), nil
+	return fd, Key(sum), nil
 }
 
 // fdReader reads a raw file descriptor.

@@ -225,9 +225,12 @@ func (l *Links) canonicalize(path string, key Key, g *dirGuard) (Result, error) 
 			return Result{}, err
 		}
 		// rename between two links of one inode does nothing: path became a
-		// link of the entry meanwhile (another process), and tmp is still there
-		if uerr := l.sys.Unlink(tmp); uerr == nil {
-			return Result{Outcome: Already, Size: size, Ino: inodeOf(est)}, nil
+		// link of the entry meanwhile (another process), and tmp is still
+		// there. Look (a lookup shares the .links lock) before removing.
+		if _, lerr := l.sys.Lstat(tmp); lerr == nil {
+			if uerr := l.sys.Unlink(tmp); uerr == nil {
+				return Result{Outcome: Already, Size: size, Ino: inodeOf(est)}, nil
+			}
 		}
 		return Result{Outcome: Linked, Size: size, Ino: inodeOf(est)}, nil
 	}

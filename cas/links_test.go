@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -414,3 +416,82 @@ func TestLinkExisting(t *testing.T) {
 		t.Errorf("linked with the wrong size")
 	}
 }
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+// A directory with more files than one work unit holds, read-only, handled
+// by several workers: every copy ends on one of two inodes, the directory
+// gets its mode and mtime back, and no descriptor stays open (the replaced
+// files are released by the time DedupTrees returns).
+func TestDedupLargeDirectory(t *testing.T) {
+	store := t.TempDir()
+	dir := filepath.Join(store, "item", "lib")
+	a, b := bytes.Repeat([]byte("a"), 9000), bytes.Repeat([]byte("b"), 9000)
+	const n = 600
+	for i := range n {
+		data := a
+		if i%3 == 0 {
+			data = b
+		}
+		write(t, filepath.Join(dir, "f"+strings.Repeat("0", 4-len(itoa(i)))+itoa(i)), data, 0o444)
+	}
+	if err := os.Chmod(dir, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Unix(1, 0)
+	if err := os.Chtimes(dir, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	fds := openFDs(t)
+	l := newLinks(t, store, nil)
+	st, err := l.DedupTree(context.Background(), store, cas.DedupOptions{MinSize: 0, Workers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Files != n || st.Canonical != 2 || st.Linked != n-2 || st.Errors != 0 || st.BytesFreed != (n-2)*9000 {
+		t.Errorf("stats %+v; want %d files, 2 new entries, %d linked", st, n, n-2)
+	}
+	inodes := map[uint64]bool{}
+	for i := range n {
+		inodes[stat(t, filepath.Join(dir, "f"+strings.Repeat("0", 4-len(itoa(i)))+itoa(i))).Ino] = true
+	}
+	if len(inodes) != 2 {
+		t.Errorf("%d inodes after dedup; want 2", len(inodes))
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o555 || !fi.ModTime().Equal(mtime) {
+		t.Errorf("directory mode %v mtime %v; want 0555 and %v", fi.Mode().Perm(), fi.ModTime(), mtime)
+	}
+	if got := openFDs(t); got != fds {
+		t.Errorf("%d descriptors open after DedupTree; %d before", got, fds)
+	}
+}
+
+// A cancelled context stops the walk; nothing is left half done.
+func TestDedupCancelled(t *testing.T) {
+	store := t.TempDir()
+	for i := range 50 {
+		write(t, filepath.Join(store, "d"+itoa(i), "x"), hello, 0o444)
+	}
+	l := newLinks(t, store, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := l.DedupTree(ctx, store, cas.DedupOptions{Workers: 2}); err == nil {
+		t.Fatal("DedupTree with a cancelled context succeeded")
+	}
+	for i := range 50 {
+		checkContents(t, filepath.Join(store, "d"+itoa(i), "x"))
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

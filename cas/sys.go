@@ -30,8 +30,20 @@ func (OS) Link(o, n string) error              { return os.Link(o, n) }
 func (OS) Rename(o, n string) error            { return os.Rename(o, n) }
 func (OS) Lstat(n string) (os.FileInfo, error) { return os.Lstat(n) }
 func (OS) Chmod(n string, m os.FileMode) error { return os.Chmod(n, m) }
-func (OS) Unlink(n string) error               { return os.Remove(n) }
 func (OS) Mkdir(n string, m os.FileMode) error { return os.Mkdir(n, m) }
+
+// Unlink removes a file; a directory (EISDIR) is removed if it is empty.
+// Unlike os.Remove it costs one system call when the name does not exist.
+func (OS) Unlink(n string) error {
+	err := unix.Unlink(n)
+	if err == unix.EISDIR {
+		err = unix.Rmdir(n)
+	}
+	if err != nil {
+		return &os.PathError{Op: "unlink", Path: n, Err: err}
+	}
+	return nil
+}
 func (OS) Utimes(n string, atime, mtime int64) error {
 	ts := []unix.Timespec{unix.NsecToTimespec(atime), unix.NsecToTimespec(mtime)}
 	if err := unix.UtimesNanoAt(unix.AT_FDCWD, n, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
