@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -183,13 +185,14 @@ func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, 
 		if filepath.Clean(dir) == l.dir {
 			return nil
 		}
-		ents, err := os.ReadDir(dir)
+		ents, df, err := readDir(dir)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
 			return err
 		}
+		dirfd := int(df.Fd())
 		var files []dedupFile
 		var subdirs []string
 		for _, e := range ents {
@@ -202,30 +205,33 @@ func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, 
 			default:
 				continue // symlinks and the rest are never linked
 			}
-			info, err := e.Info() // one lstat per regular file
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
+			// one lstat per regular file, relative to the directory
+			var st unix.Stat_t
+			if err := unix.Fstatat(dirfd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if err == unix.ENOENT {
 					continue
 				}
-				return err
+				df.Close()
+				return &os.PathError{Op: "lstat", Path: p, Err: err}
 			}
-			if !info.Mode().IsRegular() || info.Size() < o.MinSize {
+			if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < o.MinSize {
 				continue
 			}
-			if o.Inodes != nil && o.Inodes.has(inode(info)) {
+			if o.Inodes != nil && o.Inodes.has(st.Ino) {
 				continue
 			}
-			if info.Mode()&0o200 != 0 {
+			if st.Mode&0o200 != 0 {
 				l.log.Warn("skipping suspicious writable file", "path", p)
 				writable++
 				continue
 			}
-			files = append(files, dedupFile{path: p, exec: info.Mode()&0o100 != 0, size: info.Size()})
+			files = append(files, dedupFile{path: p, exec: st.Mode&0o100 != 0, size: st.Size})
 			if len(files) == maxGroup {
 				emit(dedupGroup{dir: dir, files: files})
 				files = nil
 			}
 		}
+		df.Close()
 		if len(files) > 0 {
 			emit(dedupGroup{dir: dir, files: files})
 		}
@@ -262,6 +268,23 @@ func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, 
 	return writable, nil
 }
 
+// readDir lists dir sorted by name and returns it open, so its entries can
+// be looked at relative to it (the caller closes it).
+func readDir(dir string) ([]fs.DirEntry, *os.File, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), dir)
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return ents, f, nil
+}
+
 // dedupGroup hashes and links one group. The descriptors opened to hash the
 // files stay open until they are linked, then go to rel: a file replaced by
 // a link is freed when the last descriptor closes, not in the rename.
@@ -277,8 +300,20 @@ func (l *Links) dedupGroup(grp dedupGroup, inodes *InodeSet, rel *releaser) Dedu
 	}
 	todo := make([]PathKey, 0, len(grp.files))
 	fds := make([]int, 0, len(grp.files))
+	// files are opened relative to their directory (one lookup each, not
+	// a walk of the whole path); failing that, by their paths
+	dirfd, derr := unix.Open(grp.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if derr == nil {
+		defer unix.Close(dirfd)
+	}
 	for _, f := range grp.files {
-		fd, k, err := openHash(f.path, f.exec, f.size)
+		name := f.path
+		if derr == nil {
+			name = filepath.Base(f.path)
+		} else {
+			dirfd = unix.AT_FDCWD
+		}
+		fd, k, err := openHash(dirfd, name, f.path, f.exec, f.size)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			record(f.path, Result{Outcome: Skipped, Reason: "file vanished"}, nil)
@@ -339,11 +374,12 @@ func (r *releaser) wait() {
 	r.wg.Wait()
 }
 
-// openHash computes a file's key, reading it through a raw descriptor (no
+// openHash computes the key of the file name (relative to dirfd; path is
+// for errors), reading it through a raw descriptor (no
 // poller registration: this runs once per file of a store), and returns the
 // descriptor open.
-func openHash(path string, exec bool, size int64) (int, Key, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+func openHash(dirfd int, name, path string, exec bool, size int64) (int, Key, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, Key{}, &os.PathError{Op: "open", Path: path, Err: err}
 	}
