@@ -239,6 +239,20 @@ func encodePathInfo(pi *PathInfo) []byte {
 	return e.b
 }
 
+// narSizeOf reads only the NAR size of an encoded PathInfo.
+func narSizeOf(name string, v []byte) (int64, error) {
+	d := dec{b: v}
+	if d.byte1() != pathInfoV1 {
+		return 0, fmt.Errorf("%w: path %s: unknown encoding version", errCorrupt, name)
+	}
+	d.digest()
+	size := int64(d.uvarint())
+	if d.err != nil {
+		return 0, fmt.Errorf("%w: path %s", d.err, name)
+	}
+	return size, nil
+}
+
 func decodePathInfo(name string, v []byte) (*PathInfo, error) {
 	d := dec{b: v}
 	if d.byte1() != pathInfoV1 {

@@ -153,12 +153,19 @@ func (r *Registry) SweepDirs(keep func(key Digest)) (int, error) {
 	return n, err
 }
 
+// Removed is a path InvalidateOrdered removed.
+type Removed struct {
+	Name    string
+	NarSize int64
+}
+
 // InvalidateOrdered invalidates as many of names as it can in one write
 // transaction. names must come referrers first: a path is removed when each
 // of its referrers is itself or was removed before it in this call; a path
 // another valid path still refers to (say, one registered since the caller
-// decided) is kept. It returns the paths removed, in order.
-func (r *Registry) InvalidateOrdered(names []string) (removed []string, err error) {
+// decided) is kept. It returns the paths removed, in order, with their NAR
+// sizes.
+func (r *Registry) InvalidateOrdered(names []string) (removed []Removed, err error) {
 	err = r.update(func(tx *bolt.Tx) error {
 		removed = removed[:0]
 		gone := map[string]bool{}
@@ -167,8 +174,13 @@ func (r *Registry) InvalidateOrdered(names []string) (removed []string, err erro
 		referrers := tx.Bucket(bucketReferrers)
 	next:
 		for _, n := range names {
-			if paths.Get([]byte(n)) == nil {
+			v := paths.Get([]byte(n))
+			if v == nil {
 				continue
+			}
+			size, err := narSizeOf(n, v)
+			if err != nil {
+				return err
 			}
 			by := scanPrefix(referrers, n)
 			for _, b := range by {
@@ -193,7 +205,7 @@ func (r *Registry) InvalidateOrdered(names []string) (removed []string, err erro
 				return err
 			}
 			gone[n] = true
-			removed = append(removed, n)
+			removed = append(removed, Removed{Name: n, NarSize: size})
 		}
 		return nil
 	})

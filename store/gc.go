@@ -351,17 +351,28 @@ type trash struct {
 	paths []string
 }
 
-// empty deletes the trash in parallel and returns the bytes freed.
+// empty deletes the trash and returns the bytes freed.
 func (tr *trash) empty() (int64, error) {
 	if tr.stage == nil {
 		return 0, nil
 	}
 	defer tr.stage.remove()
+	return deleteTrees(tr.paths)
+}
+
+// deleters is how many trees deleteTrees deletes at once. Deleting is bound
+// by the device, not the CPUs (freeing blocks waits for discards where the
+// filesystem is mounted with them; cold directory and inode blocks are
+// read), so more run than there are cores.
+const deleters = 16
+
+// deleteTrees deletes paths in parallel and returns the bytes freed.
+func deleteTrees(paths []string) (int64, error) {
 	var mu sync.Mutex
 	var freed int64
 	var g errgroup.Group
-	g.SetLimit(4)
-	for _, p := range tr.paths {
+	g.SetLimit(deleters)
+	for _, p := range paths {
 		g.Go(func() error {
 			f, err := deleteTree(p)
 			mu.Lock()
@@ -374,6 +385,12 @@ func (tr *trash) empty() (int64, error) {
 	return freed, err
 }
 
+// inPlaceMax: a dead item of at most this NAR size is deleted in place while
+// its chunk's lock is held (a few system calls); a larger one is moved to
+// the trash and deleted once the lock is released, so adders never wait for
+// a large deletion.
+const inPlaceMax = 1 << 20
+
 // gcChunk is how many dead paths one critical section handles.
 const gcChunk = 256
 
@@ -381,9 +398,9 @@ const gcChunk = 256
 // critical section: it re-reads the temp roots and, if they changed, the
 // roots (recomputing live, the collection's live set), invalidates in one
 // transaction the paths still dead and not referred to by anything kept,
-// and in disk mode moves their directories out of the store into tr
-// (deleted later, outside the lock: an adder may make the same path again
-// at once).
+// and in disk mode deletes their files: small items at once, under the
+// lock; large ones are moved out of the store into tr (deleted later,
+// outside the lock: an adder may make the same path again at once).
 func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, g map[string][]string, runtime map[string]bool, live map[string]bool, tr *trash) (deleted []string, freed int64, err error) {
 	unlock, err := s.lockGC(true)
 	if err != nil {
@@ -413,33 +430,44 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 	if err != nil {
 		return nil, 0, err
 	}
-	if len(removed) > 0 && s.onChange != nil {
-		s.onChange(nil, removed)
+	deleted = make([]string, len(removed))
+	for i, r := range removed {
+		deleted[i] = r.Name
 	}
-	if s.mode == ModeDisk && len(removed) > 0 {
+	if len(deleted) > 0 && s.onChange != nil {
+		s.onChange(nil, deleted)
+	}
+	if s.mode != ModeDisk {
+		return deleted, 0, nil
+	}
+	var inPlace []string
+	for _, r := range removed {
+		p := filepath.Join(s.RealStoreDir(), r.Name)
+		if r.NarSize <= inPlaceMax {
+			inPlace = append(inPlace, p)
+			continue
+		}
 		if tr.stage == nil {
 			if tr.stage, err = s.newStage(); err != nil {
-				return removed, 0, err
+				return deleted, 0, err
 			}
 		}
-		for _, n := range removed {
-			p := filepath.Join(s.RealStoreDir(), n)
-			t := filepath.Join(tr.stage.dir, n)
-			if !isRoot {
-				if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
-					os.Chmod(p, 0o755) // moving a directory to another parent needs write access to it
-				}
+		t := filepath.Join(tr.stage.dir, r.Name)
+		if !isRoot {
+			if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
+				os.Chmod(p, 0o755) // moving a directory to another parent needs write access to it
 			}
-			if err := os.Rename(p, t); err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					continue
-				}
-				return removed, 0, err
-			}
-			tr.paths = append(tr.paths, t)
 		}
+		if err := os.Rename(p, t); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return deleted, 0, err
+		}
+		tr.paths = append(tr.paths, t)
 	}
-	return removed, 0, nil
+	freed, err = deleteTrees(inPlace)
+	return deleted, freed, err
 }
 
 // invalidEntries lists the store directory's entries (disk mode) that are
