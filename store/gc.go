@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -368,21 +369,17 @@ const deleters = 16
 
 // deleteTrees deletes paths in parallel and returns the bytes freed.
 func deleteTrees(paths []string) (int64, error) {
-	var mu sync.Mutex
-	var freed int64
-	var g errgroup.Group
-	g.SetLimit(deleters)
+	d := &treeDeleter{sem: make(chan struct{}, deleters)}
+	var wg sync.WaitGroup
 	for _, p := range paths {
-		g.Go(func() error {
-			f, err := deleteTree(p)
-			mu.Lock()
-			freed += f
-			mu.Unlock()
-			return err
+		d.sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-d.sem }()
+			d.note(d.tree(p))
 		})
 	}
-	err := g.Wait()
-	return freed, err
+	wg.Wait()
+	return d.freed.Load(), d.err
 }
 
 // inPlaceMax: a dead item of at most this NAR size is deleted in place while
@@ -537,53 +534,85 @@ func (s *Store) sweepInvalid(temp *tempRootReader, res *GCResult) error {
 }
 
 // sweepContent prunes `.links` entries left with one link (disk mode) or
-// blobs no valid tree names (blob mode), under the exclusive lock.
+// blobs no valid tree names (blob mode), under the exclusive lock, with
+// `deleters` goroutines (each removal may wait for the device).
 func (s *Store) sweepContent(res *GCResult) error {
 	unlock, err := s.lockGC(true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	var removed, freed atomic.Int64
+	var g errgroup.Group
+	g.SetLimit(deleters)
+	// each(names, fn) runs fn on batches of names
+	each := func(names []string, fn func(string)) {
+		for len(names) > 0 {
+			batch := names[:min(len(names), fileBatch)]
+			names = names[len(batch):]
+			g.Go(func() error {
+				for _, n := range batch {
+					fn(n)
+				}
+				return nil
+			})
+		}
+	}
 	if s.mode == ModeDisk {
-		ents, err := os.ReadDir(s.links.Dir())
+		f, err := os.Open(s.links.Dir())
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
 			return err
 		}
-		for _, e := range ents {
-			p := filepath.Join(s.links.Dir(), e.Name())
+		names, err := f.Readdirnames(-1)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		each(names, func(n string) {
+			p := filepath.Join(s.links.Dir(), n)
 			var st syscall.Stat_t
 			if err := syscall.Lstat(p, &st); err != nil {
-				continue // removed by someone else: fine (nix#4957)
+				return // removed by someone else: fine (nix#4957)
 			}
-			stale := strings.HasPrefix(e.Name(), cas.TempLinkPrefix) && !tempLinkOwnerAlive(e.Name())
-			if st.Nlink == 1 || stale {
-				if os.Remove(p) == nil {
-					res.LinksRemoved++
-					res.Freed += st.Size
-				}
+			stale := strings.HasPrefix(n, cas.TempLinkPrefix) && !tempLinkOwnerAlive(n)
+			if (st.Nlink == 1 || stale) && unix.Unlink(p) == nil {
+				removed.Add(1)
+				freed.Add(st.Size)
 			}
-		}
+		})
+		g.Wait()
+		res.LinksRemoved += int(removed.Load())
+		res.Freed += freed.Load()
 		return nil
 	}
 	named := map[cas.Key]bool{}
 	if _, err := s.reg.SweepDirs(func(k registry.Digest) { named[cas.Key(k)] = true }); err != nil {
 		return err
 	}
-	return s.blobs.Walk(func(k cas.Key, err error) error {
-		if err != nil || named[k] {
-			return nil
-		}
-		p := s.blobs.Path(k)
-		var st syscall.Stat_t
-		if syscall.Lstat(p, &st) == nil && os.Remove(p) == nil {
-			res.BlobsRemoved++
-			res.Freed += st.Size
+	var unnamed []string
+	err = s.blobs.Walk(func(k cas.Key, err error) error {
+		if err == nil && !named[k] {
+			unnamed = append(unnamed, s.blobs.Path(k))
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	each(unnamed, func(p string) {
+		var st syscall.Stat_t
+		if syscall.Lstat(p, &st) == nil && unix.Unlink(p) == nil {
+			removed.Add(1)
+			freed.Add(st.Size)
+		}
+	})
+	g.Wait()
+	res.BlobsRemoved += int(removed.Load())
+	res.Freed += freed.Load()
+	return nil
 }
 
 // tempLinkOwnerAlive reads the pid in ".tmp-link-<pid>-<n>".
@@ -596,70 +625,137 @@ func tempLinkOwnerAlive(name string) bool {
 	return syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM)
 }
 
-// deleteTree removes an item's files, making directories writable first
-// (they are 0555), in one pass over directory descriptors. It returns the
-// bytes of the files whose last link went; a file still linked from
-// `.links` is counted when the sweep prunes its entry.
-func deleteTree(p string) (int64, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(p, &st); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return 0, nil
-		}
-		return 0, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		err := unix.Unlink(p)
-		if st.Nlink == 1 {
-			return st.Size, err
-		}
-		return 0, err
-	}
-	freed, err := deleteDirContents(unix.AT_FDCWD, p)
-	if err != nil {
-		return freed, err
-	}
-	return freed, unix.Rmdir(p)
+// deleteTree removes an item's files (see treeDeleter) and returns the
+// bytes freed.
+func deleteTree(p string) (int64, error) { return deleteTrees([]string{p}) }
+
+// fileBatch is how many files of one directory a goroutine unlinks.
+const fileBatch = 64
+
+// A treeDeleter removes trees with at most cap(sem) goroutines in all: a
+// subdirectory, or a batch of a large directory's files, gets a goroutine
+// of its own while one is free and is done inline otherwise, so one large
+// item is deleted as much in parallel as many small ones. Directories are
+// made writable first (they are 0555) and read through descriptors. It
+// counts the bytes of the files whose last link went; a file still linked
+// from `.links` is counted when the sweep prunes its entry.
+type treeDeleter struct {
+	sem   chan struct{}
+	freed atomic.Int64
+	mu    sync.Mutex
+	err   error // the first
 }
 
-// deleteDirContents empties the directory name (relative to dirfd).
-func deleteDirContents(dirfd int, name string) (int64, error) {
+func (d *treeDeleter) note(err error) {
+	if err != nil {
+		d.mu.Lock()
+		if d.err == nil {
+			d.err = err
+		}
+		d.mu.Unlock()
+	}
+}
+
+// maybeGo runs fn on a goroutine of its own if one is free, else now.
+func (d *treeDeleter) maybeGo(wg *sync.WaitGroup, fn func() error) {
+	select {
+	case d.sem <- struct{}{}:
+		wg.Go(func() {
+			defer func() { <-d.sem }()
+			d.note(fn())
+		})
+	default:
+		d.note(fn())
+	}
+}
+
+func (d *treeDeleter) tree(p string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return &os.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if err := unix.Unlink(p); err != nil {
+			if err == unix.ENOENT {
+				return nil
+			}
+			return &os.PathError{Op: "unlink", Path: p, Err: err}
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
+			d.freed.Add(st.Size)
+		}
+		return nil
+	}
+	if err := d.contents(unix.AT_FDCWD, p); err != nil {
+		return err
+	}
+	if err := unix.Rmdir(p); err != nil {
+		return &os.PathError{Op: "rmdir", Path: p, Err: err}
+	}
+	return nil
+}
+
+// contents empties the directory name (relative to dirfd).
+func (d *treeDeleter) contents(dirfd int, name string) error {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, &os.PathError{Op: "open", Path: name, Err: err}
+		return &os.PathError{Op: "open", Path: name, Err: err}
 	}
 	dir := os.NewFile(uintptr(fd), name) // owns fd from here
 	defer dir.Close()
 	if !isRoot { // root may unlink in a 0555 directory; others must make it writable
 		unix.Fchmod(fd, 0o755)
 	}
-	names, err := dir.Readdirnames(-1)
+	ents, err := dir.ReadDir(-1) // types from the directory itself: no lstat
 	if err != nil {
-		return 0, err
+		return err
 	}
-	var freed int64
+	var wg sync.WaitGroup
+	defer wg.Wait() // before the descriptor closes: the goroutines use it
+	var files []string
+	for _, e := range ents {
+		n := e.Name()
+		if e.IsDir() {
+			d.maybeGo(&wg, func() error {
+				if err := d.contents(fd, n); err != nil {
+					return err
+				}
+				if err := unix.Unlinkat(fd, n, unix.AT_REMOVEDIR); err != nil {
+					return &os.PathError{Op: "rmdir", Path: n, Err: err}
+				}
+				return nil
+			})
+			continue
+		}
+		files = append(files, n)
+	}
+	for len(files) > 0 {
+		batch := files[:min(len(files), fileBatch)]
+		files = files[len(batch):]
+		d.maybeGo(&wg, func() error { return d.unlinkFiles(fd, batch) })
+	}
+	return nil
+}
+
+// unlinkFiles removes names (not directories) from the directory dirfd.
+func (d *treeDeleter) unlinkFiles(dirfd int, names []string) error {
 	for _, n := range names {
 		var st unix.Stat_t
-		if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fstatat(dirfd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			continue
 		}
-		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			f, err := deleteDirContents(fd, n)
-			freed += f
-			if err != nil {
-				return freed, err
+		if err := unix.Unlinkat(dirfd, n, 0); err != nil {
+			if err == unix.ENOENT {
+				continue
 			}
-			if err := unix.Unlinkat(fd, n, unix.AT_REMOVEDIR); err != nil {
-				return freed, &os.PathError{Op: "rmdir", Path: n, Err: err}
-			}
-			continue
-		}
-		if err := unix.Unlinkat(fd, n, 0); err != nil && err != unix.ENOENT {
-			return freed, &os.PathError{Op: "unlink", Path: n, Err: err}
+			return &os.PathError{Op: "unlink", Path: n, Err: err}
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
-			freed += st.Size
+			d.freed.Add(st.Size)
 		}
 	}
-	return freed, nil
+	return nil
 }
