@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -175,4 +176,121 @@ func tmpEntries(t *testing.T, state, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// killAfter starts storefs args..., SIGKILLs it after d and reports whether
+// it was still running then (if not, it must have succeeded).
+func killAfter(t *testing.T, state string, d time.Duration, args ...string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := storefsCmd(ctx, state, args...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(d)
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+		return true
+	}
+	if !cmd.ProcessState.Success() {
+		t.Errorf("storefs %v (kill after %v): failed on its own: %v\n%s", args, d, cmd.ProcessState, errb.String())
+	}
+	return false
+}
+
+// TestKillDuringOptimiseAndGC SIGKILLs `storefs optimise` and `storefs gc`
+// at several moments in a disk store (--links-min-size 0) holding two
+// copies of a large tree under other names. After each kill every valid item
+// verifies and tmp/ is emptied by the next command. Then a complete optimise
+// leaves each pair of copies on one inode, the next gc leaves no temp link in
+// .links, and after killed collections the last one leaves exactly the
+// rooted items.
+func TestKillDuringOptimiseAndGC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes and adds 400 MiB; skipped with -short")
+	}
+	dir := tempDir(t)
+	srcs := bigTree(t, dir, 2)
+	for i, src := range slices.Clone(srcs) {
+		cp := filepath.Join(dir, fmt.Sprintf("copy-%d", i))
+		if out, err := exec.Command("cp", "-a", src, cp).CombinedOutput(); err != nil {
+			t.Fatalf("cp -a: %v %s", err, out)
+		}
+		srcs = append(srcs, cp)
+	}
+	state := filepath.Join(tempDir(t), "state")
+	mustStorefs(t, state, "init", "--mode", "disk", "--links-min-size", "0")
+	paths := mustStorefs(t, state, append([]string{"add", "--no-dedup"}, srcs...)...).lines()
+	for i, p := range paths {
+		mustStorefs(t, state, "root", "add", fmt.Sprintf("r%d", i), p)
+	}
+
+	killed := 0
+	// kill later and later until one ends on its own
+	for d := 10 * time.Millisecond; d < 20*time.Second; d *= 2 {
+		if !killAfter(t, state, d, "optimise") {
+			break
+		}
+		killed++
+		checkValidItems(t, state, "disk", paths)
+	}
+	if killed < 2 {
+		t.Errorf("optimise was killed %d times before one ended; want a kill in the middle", killed)
+	}
+	t.Logf("optimise killed %d times before one ended", killed)
+	mustStorefs(t, state, "optimise")
+	// big-i and copy-i are items of identical files: one inode per pair
+	store := filepath.Join(state, "store")
+	for i := range 2 {
+		a, b := filepath.Join(store, filepath.Base(paths[i])), filepath.Join(store, filepath.Base(paths[i+2]))
+		files := filesUnder(t, a)
+		if len(files) != 1000 {
+			t.Fatalf("%s holds %d files; want 1000", a, len(files))
+		}
+		for _, f := range files {
+			var sa, sb syscall.Stat_t
+			if syscall.Lstat(filepath.Join(a, f), &sa) != nil || syscall.Lstat(filepath.Join(b, f), &sb) != nil || sa.Ino != sb.Ino {
+				t.Errorf("%s: the two copies do not share an inode after a complete optimise", f)
+				break
+			}
+		}
+	}
+	mustStorefs(t, state, "gc") // everything is rooted: it only sweeps
+	for _, e := range filesUnder(t, filepath.Join(store, ".links")) {
+		if strings.HasPrefix(e, ".tmp-link-") {
+			t.Errorf("temp link %s left in .links after a gc", e)
+		}
+	}
+	checkValidItems(t, state, "disk", paths)
+
+	// unroot big-1 and copy-1, and kill collections
+	mustStorefs(t, state, "root", "remove", "r1")
+	mustStorefs(t, state, "root", "remove", "r3")
+	keep := []string{paths[0], paths[2]}
+	// kill later and later until a collection ends on its own (each killed
+	// one may have deleted a part)
+	killed = 0
+	for d := 10 * time.Millisecond; d < 20*time.Second; d *= 2 {
+		if !killAfter(t, state, d, "gc") {
+			break
+		}
+		killed++
+		ls := listStore(t, state)
+		for _, k := range keep {
+			if !slices.Contains(ls, k) {
+				t.Errorf("kill after %v: rooted %s is not valid", d, k)
+			}
+		}
+		checkVerify(t, state)
+		checkTmpEmpty(t, state)
+	}
+	t.Logf("gc killed %d times before one ended", killed)
+	mustStorefs(t, state, "gc")
+	checkValidItems(t, state, "disk", keep)
+	checkVerify(t, state)
 }
