@@ -383,10 +383,14 @@ func deleteTrees(paths []string) (int64, error) {
 }
 
 // inPlaceMax: a dead item of at most this NAR size is deleted in place while
-// its chunk's lock is held (a few system calls); a larger one is moved to
+// its chunk's lock is held (a few system calls), as long as the chunk's
+// items deleted in place stay within inPlaceBudget; the others are moved to
 // the trash and deleted once the lock is released, so adders never wait for
 // a large deletion.
-const inPlaceMax = 1 << 20
+const (
+	inPlaceMax    = 1 << 20
+	inPlaceBudget = 8 << 20
+)
 
 // gcChunk is how many dead paths one critical section handles.
 const gcChunk = 256
@@ -438,9 +442,11 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 		return deleted, 0, nil
 	}
 	var inPlace []string
+	var budget int64 = inPlaceBudget
 	for _, r := range removed {
 		p := filepath.Join(s.RealStoreDir(), r.Name)
-		if r.NarSize <= inPlaceMax {
+		if r.NarSize <= inPlaceMax && r.NarSize <= budget {
+			budget -= r.NarSize
 			inPlace = append(inPlace, p)
 			continue
 		}
