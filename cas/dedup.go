@@ -119,6 +119,17 @@ func (l *Links) DedupTree(ctx context.Context, root string, o DedupOptions) (Ded
 // descriptors stay open until the unit is linked.
 const maxGroup = 256
 
+// groupSize is maxGroup, or less where the descriptor limit is low: at most
+// 2*workers+releasers groups are open at once, and they may use half the
+// limit.
+func groupSize(workers int) int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<20 {
+		return maxGroup
+	}
+	return min(maxGroup, max(1, int(lim.Cur/2)/(2*workers+releasers)))
+}
+
 // releasers is the number of goroutines closing replaced files.
 const releasers = 4
 
@@ -157,7 +168,7 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 		})
 	}
 	nfiles := 0
-	writable, err := l.walkGroups(gctx, roots, o, func(grp dedupGroup) {
+	writable, err := l.walkGroups(gctx, roots, o, groupSize(workers), func(grp dedupGroup) {
 		nfiles += len(grp.files)
 		groups <- grp
 	})
@@ -173,9 +184,9 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 }
 
 // walkGroups walks roots in sorted order and calls emit with the regular
-// files of each directory (at most maxGroup at a time) before descending
+// files of each directory (at most size at a time) before descending
 // into its subdirectories. It returns how many writable files it skipped.
-func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, emit func(dedupGroup)) (int, error) {
+func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, size int, emit func(dedupGroup)) (int, error) {
 	writable := 0
 	var walkDir func(dir string) error
 	walkDir = func(dir string) error {
@@ -226,7 +237,7 @@ func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, 
 				continue
 			}
 			files = append(files, dedupFile{path: p, exec: st.Mode&0o100 != 0, size: st.Size})
-			if len(files) == maxGroup {
+			if len(files) == size {
 				emit(dedupGroup{dir: dir, files: files})
 				files = nil
 			}

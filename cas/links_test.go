@@ -431,6 +431,25 @@ func openFDs(t *testing.T) int {
 // gets its mode and mtime back, and no descriptor stays open (the replaced
 // files are released by the time DedupTrees returns).
 func TestDedupLargeDirectory(t *testing.T) {
+	t.Run("default", testDedupLargeDirectory)
+	// with few descriptors allowed, the work units shrink instead of
+	// running out of them (EMFILE would count as errors)
+	t.Run("low-nofile", func(t *testing.T) {
+		var lim syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			t.Fatal(err)
+		}
+		low := lim
+		low.Cur = 64
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		testDedupLargeDirectory(t)
+	})
+}
+
+func testDedupLargeDirectory(t *testing.T) {
 	store := t.TempDir()
 	dir := filepath.Join(store, "item", "lib")
 	a, b := bytes.Repeat([]byte("a"), 9000), bytes.Repeat([]byte("b"), 9000)
