@@ -1593,3 +1593,63 @@ func gcRootDuringGC(t *testing.T, mode string) {
 	}
 	t.Logf("the collection was always over before a root could be added: inconclusive")
 }
+
+// TestDiskStoreAsNobody: an ordinary user (nobody) runs a disk store from
+// init to an empty store: adds, optimise, a root, and collections that
+// delete small items in place and a large one through the trash, inside
+// read-only directories that only the collector's chmod makes deletable for
+// a user without root's override.
+func TestDiskStoreAsNobody(t *testing.T) {
+	t.Parallel()
+	nb := newNobody(t)
+	g := gen{t: t, r: newRNG(4711)}
+	src := filepath.Join(nb.home, "src")
+	tool := g.r.bytes(20000) // the same in every small item: optimise links them
+	var srcs []string
+	for i := range 3 {
+		tree := filepath.Join(src, fmt.Sprintf("small-%d", i))
+		g.file(filepath.Join(tree, "share", "doc", "a", "b", "readme.txt"), fmt.Appendf(nil, "item %d\n", i), false)
+		g.file(filepath.Join(tree, "bin", "tool"), tool, true)
+		srcs = append(srcs, tree)
+	}
+	big := filepath.Join(src, "big") // over 1 MiB of NAR: deleted through the trash
+	g.file(filepath.Join(big, "lib", "x", "data"), g.r.bytes(2<<20), false)
+	g.file(filepath.Join(big, "lib", "y", "tool"), tool, true)
+	srcs = append(srcs, big)
+	nb.chown()
+	state := filepath.Join(nb.home, "state")
+	run := func(args ...string) string {
+		t.Helper()
+		return nb.run("storefs "+strings.Join(args, " "), nb.cmd(state, args...))
+	}
+	run("init", "--mode", "disk", "--links-min-size", "0")
+	paths := splitLines(run(append([]string{"add", "--no-dedup"}, srcs...)...))
+	if len(paths) != 4 {
+		t.Fatalf("add printed %q", paths)
+	}
+	if out := run("optimise"); !strings.HasPrefix(out, "3 files linked") {
+		t.Errorf("optimise as nobody printed %q; want the three extra copies of bin/tool linked", out)
+	}
+	run("root", "add", "keep", paths[0])
+	if out := run("gc"); !strings.HasPrefix(out, "3 store paths deleted") {
+		t.Errorf("gc as nobody printed %q; want 3 store paths deleted", out)
+	}
+	if ls := splitLines(run("ls")); !slices.Equal(ls, paths[:1]) {
+		t.Errorf("after gc, ls = %q; want only the rooted %s", ls, paths[0])
+	}
+	run("verify", "--contents")
+	if got := diskStoreEntries(t, state); !slices.Equal(got, []string{filepath.Base(paths[0])}) {
+		t.Errorf("store/ holds %v after gc; want only %s", got, filepath.Base(paths[0]))
+	}
+	run("root", "remove", "keep")
+	if out := run("gc"); !strings.HasPrefix(out, "1 store paths deleted") {
+		t.Errorf("last gc as nobody printed %q", out)
+	}
+	if got := diskStoreEntries(t, state); len(got) != 0 {
+		t.Errorf("store/ holds %v after the last gc", got)
+	}
+	if got := filesUnder(t, filepath.Join(state, "store", ".links")); len(got) != 0 {
+		t.Errorf(".links holds %v after the last gc", got)
+	}
+	checkTmpEmpty(t, state)
+}

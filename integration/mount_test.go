@@ -574,18 +574,9 @@ for p in sys.argv[1:]:
 // the user sees the files as its own and reads them, and SIGTERM unmounts.
 func TestMountAsNobody(t *testing.T) {
 	requireFUSE(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root, to run storefs as user nobody")
-	}
 	t.Parallel()
-	var asNobody []string
-	if p, err := exec.LookPath("setpriv"); err == nil {
-		asNobody = []string{p, fmt.Sprintf("--reuid=%d", mountNobodyUID), fmt.Sprintf("--regid=%d", mountNobodyUID), "--clear-groups", "--"}
-	} else if p, err := exec.LookPath("runuser"); err == nil {
-		asNobody = []string{p, "-u", "nobody", "--"}
-	} else {
-		t.Skip("neither setpriv nor runuser is installed: cannot run storefs as nobody")
-	}
+	nb := newNobody(t)
+	asNobody := nb.prefix
 	if _, err := exec.LookPath("fusermount3"); err != nil {
 		t.Skip("fusermount3 is not installed (apt-get install fuse3): a non-root mount needs it")
 	}
@@ -604,60 +595,18 @@ func TestMountAsNobody(t *testing.T) {
 		t.Cleanup(func() { os.Chmod("/dev/fuse", old) })
 	}
 
-	// A world-traversable work dir owned by nobody, with a copy of the binary
-	// (the one TestMain built sits in a 0700 temp dir).
-	tmp := tempDir(t)
-	for _, d := range []string{filepath.Dir(tmp), tmp} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for d := filepath.Dir(filepath.Dir(tmp)); ; d = filepath.Dir(d) {
-		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm()&0o001 == 0 {
-			t.Skipf("%s (above the test's temp dir) is not traversable by other users, so nobody cannot reach the store: set TMPDIR elsewhere", d)
-		}
-		if d == "/" {
-			break
-		}
-	}
-	home := filepath.Join(tmp, "nobody")
+	home := nb.home
 	g := gen{t: t, r: newRNG(77)}
 	src := filepath.Join(home, "src", "nobody-item")
 	g.file(filepath.Join(src, "hello.txt"), []byte("hello from nobody\n"), false)
 	g.file(filepath.Join(src, "bin", "tool"), g.r.bytes(5000), true)
 	src2 := filepath.Join(home, "src", "nobody-later")
 	g.file(filepath.Join(src2, "later.txt"), []byte("added while mounted\n"), false)
-	bin := filepath.Join(tmp, "storefs")
-	data, err := os.ReadFile(storefsBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", mountNobodyUID, mountNobodyUID), home).CombinedOutput(); err != nil {
-		t.Fatalf("chown -R nobody %s: %v: %s", home, err, out)
-	}
+	nb.chown()
 	state := filepath.Join(home, "state")
 	mp := filepath.Join(home, "mnt")
-	env := append(storefsEnv(), "HOME="+home, "XDG_DATA_HOME="+filepath.Join(home, ".local/share"))
-	nobody := func(args ...string) *exec.Cmd {
-		full := append(slices.Clone(asNobody), bin, "--state", state, "--no-progress")
-		cmd := exec.Command(full[0], append(full[1:], args...)...)
-		cmd.Env = env
-		return cmd
-	}
-	run := func(what string, cmd *exec.Cmd) string {
-		t.Helper()
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		timer := time.AfterFunc(commandTimeout, func() { cmd.Process.Kill() })
-		defer timer.Stop()
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("%s (as nobody): %v\nstderr:\n%s", what, err, errb.String())
-		}
-		return out.String()
-	}
+	nobody := func(args ...string) *exec.Cmd { return nb.cmd(state, args...) }
+	run := nb.run
 	run("storefs init", nobody("init", "--mode", "blob"))
 	item := strings.TrimSpace(run("storefs add", nobody("add", src)))
 
