@@ -337,7 +337,15 @@ func (s *Store) CollectGarbage(ctx context.Context, o GCOptions) (*GCResult, err
 		return res, err
 	}
 	s.log.Debug("gc: content swept", "links", res.LinksRemoved, "blobs", res.BlobsRemoved, "elapsed", time.Since(start))
-	return res, nil
+	// staging dirs nobody holds: a trash this or an earlier collection could
+	// not empty, leftovers of dead processes (a daemon opens the store once)
+	unlock, err = s.lockTmp()
+	if err != nil {
+		return res, err
+	}
+	err = s.cleanTmp()
+	unlock()
+	return res, err
 }
 
 // isRoot: permission bits do not stop this process (CAP_DAC_OVERRIDE).
@@ -695,7 +703,7 @@ func (d *treeDeleter) tree(p string) error {
 		}
 		return nil
 	}
-	if err := d.contents(unix.AT_FDCWD, p); err != nil {
+	if err := d.contents(unix.AT_FDCWD, p, p); err != nil {
 		return err
 	}
 	if err := unix.Rmdir(p); err != nil {
@@ -704,13 +712,14 @@ func (d *treeDeleter) tree(p string) error {
 	return nil
 }
 
-// contents empties the directory name (relative to dirfd).
-func (d *treeDeleter) contents(dirfd int, name string) error {
+// contents empties the directory name (relative to dirfd), whose full path
+// (for errors) is path.
+func (d *treeDeleter) contents(dirfd int, name, path string) error {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return &os.PathError{Op: "open", Path: name, Err: err}
+		return &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	dir := os.NewFile(uintptr(fd), name) // owns fd from here
+	dir := os.NewFile(uintptr(fd), path) // owns fd from here
 	defer dir.Close()
 	if !isRoot { // root may unlink in a 0555 directory; others must make it writable
 		unix.Fchmod(fd, 0o755)
@@ -726,11 +735,12 @@ func (d *treeDeleter) contents(dirfd int, name string) error {
 		n := e.Name()
 		if e.IsDir() {
 			d.maybeGo(&wg, func() error {
-				if err := d.contents(fd, n); err != nil {
+				sub := filepath.Join(path, n)
+				if err := d.contents(fd, n, sub); err != nil {
 					return err
 				}
 				if err := unix.Unlinkat(fd, n, unix.AT_REMOVEDIR); err != nil {
-					return &os.PathError{Op: "rmdir", Path: n, Err: err}
+					return &os.PathError{Op: "rmdir", Path: sub, Err: err}
 				}
 				return nil
 			})
@@ -741,13 +751,14 @@ func (d *treeDeleter) contents(dirfd int, name string) error {
 	for len(files) > 0 {
 		batch := files[:min(len(files), fileBatch)]
 		files = files[len(batch):]
-		d.maybeGo(&wg, func() error { return d.unlinkFiles(fd, batch) })
+		d.maybeGo(&wg, func() error { return d.unlinkFiles(fd, path, batch) })
 	}
 	return nil
 }
 
-// unlinkFiles removes names (not directories) from the directory dirfd.
-func (d *treeDeleter) unlinkFiles(dirfd int, names []string) error {
+// unlinkFiles removes names (not directories) from the directory dirfd,
+// whose full path (for errors) is path.
+func (d *treeDeleter) unlinkFiles(dirfd int, path string, names []string) error {
 	for _, n := range names {
 		var st unix.Stat_t
 		if err := unix.Fstatat(dirfd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -757,7 +768,7 @@ func (d *treeDeleter) unlinkFiles(dirfd int, names []string) error {
 			if err == unix.ENOENT {
 				continue
 			}
-			return &os.PathError{Op: "unlink", Path: n, Err: err}
+			return &os.PathError{Op: "unlink", Path: filepath.Join(path, n), Err: err}
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
 			d.freed.Add(st.Size)

@@ -1,14 +1,18 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/store"
 )
 
@@ -154,4 +158,90 @@ func TestGCMaxFreed(t *testing.T) {
 		t.Fatalf("gc --max-freed 1 = %+v, %v; want exactly one path deleted", res, err)
 	}
 	checkSound(t, h)
+}
+
+// A file the collector cannot delete (chattr +i: EPERM) fails the
+// collection with that error, whether its item is deleted in place or
+// through the trash: the dead items are invalid and the live one intact.
+// Once the file may go, the next collection leaves exactly the live item,
+// with nothing in tmp/.
+func TestGCDeletionFailure(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chattr +i needs root")
+	}
+	chattr := func(op, p string) error { return exec.Command("chattr", op, p).Run() }
+	for _, tc := range []struct {
+		name string
+		size int
+	}{{"in-place", 1000}, {"trash", 2 << 20}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := diskStore(t, cas.DefaultLinksMinSize)
+			ctx := context.Background()
+			dir := t.TempDir()
+			mk := func(name string, n int) string {
+				p := filepath.Join(dir, name)
+				os.MkdirAll(filepath.Join(p, "sub"), 0o755)
+				os.WriteFile(filepath.Join(p, "sub", "data"), bytes.Repeat([]byte(name), n/len(name)), 0o644)
+				return add(t, s, p, store.AddOptions{})
+			}
+			keep := mk("keep", 1000)
+			mk("dead", tc.size)
+			stuck := mk("stuck", tc.size)
+			if _, err := s.AddRoot(ctx, "keep", keep, false); err != nil {
+				t.Fatal(err)
+			}
+			s.Close() // a fresh handle holds none of the adds' temp roots
+			h, err := store.Open(s.StateDir(), store.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			s = h
+			file := filepath.Join(s.RealStoreDir(), filepath.Base(stuck), "sub", "data")
+			if err := chattr("+i", file); err != nil {
+				t.Skipf("chattr +i %s: %v (no chattr, or a filesystem without the flag)", file, err)
+			}
+			// where the file is now: in the store, or in a trash under tmp/
+			where := func() string {
+				if m, _ := filepath.Glob(filepath.Join(s.StateDir(), "tmp", "*", filepath.Base(stuck), "sub", "data")); len(m) == 1 {
+					return m[0]
+				}
+				return file
+			}
+			t.Cleanup(func() { chattr("-i", where()) })
+			_, err = s.CollectGarbage(ctx, store.GCOptions{})
+			if !errors.Is(err, syscall.EPERM) {
+				t.Fatalf("CollectGarbage with an undeletable file: %v; want EPERM", err)
+			}
+			if !strings.Contains(err.Error(), filepath.Join(filepath.Base(stuck), "sub", "data")) {
+				t.Errorf("the error %q does not name the file", err)
+			}
+			if got := valid(t, s); !slices.Equal(got, []string{keep}) {
+				t.Errorf("valid after the failed collection: %v; want only %s", got, keep)
+			}
+			if err := chattr("-i", where()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.CollectGarbage(ctx, store.GCOptions{}); err != nil {
+				t.Fatalf("CollectGarbage once the file may go: %v", err)
+			}
+			ents, _ := os.ReadDir(s.RealStoreDir())
+			var names []string
+			for _, e := range ents {
+				if e.Name() != ".links" {
+					names = append(names, e.Name())
+				}
+			}
+			if !slices.Equal(names, []string{filepath.Base(keep)}) {
+				t.Errorf("store/ holds %v; want only %s", names, filepath.Base(keep))
+			}
+			if tmp, _ := os.ReadDir(filepath.Join(s.StateDir(), "tmp")); len(tmp) != 0 {
+				var left []string
+				for _, e := range tmp {
+					left = append(left, e.Name())
+				}
+				t.Errorf("tmp/ holds %v after the collection", left)
+			}
+		})
+	}
 }
