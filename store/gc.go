@@ -449,21 +449,30 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 	if s.mode != ModeDisk {
 		return deleted, 0, nil
 	}
-	var inPlace []string
+	var inPlace, large []string
 	var budget int64 = inPlaceBudget
 	for _, r := range removed {
-		p := filepath.Join(s.RealStoreDir(), r.Name)
 		if r.NarSize <= inPlaceMax && r.NarSize <= budget {
 			budget -= r.NarSize
-			inPlace = append(inPlace, p)
-			continue
+			inPlace = append(inPlace, r.Name)
+		} else {
+			large = append(large, r.Name)
 		}
+	}
+	for i, n := range inPlace {
+		inPlace[i] = filepath.Join(s.RealStoreDir(), n)
+	}
+	freed, err = deleteTrees(inPlace)
+	if err != nil {
+		return deleted, freed, err
+	}
+	for _, n := range large {
 		if tr.stage == nil {
 			if tr.stage, err = s.newStage(); err != nil {
-				return deleted, 0, err
+				return deleted, freed, err
 			}
 		}
-		t := filepath.Join(tr.stage.dir, r.Name)
+		p, t := filepath.Join(s.RealStoreDir(), n), filepath.Join(tr.stage.dir, n)
 		if !isRoot {
 			if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
 				os.Chmod(p, 0o755) // moving a directory to another parent needs write access to it
@@ -473,12 +482,11 @@ func (s *Store) deleteDead(chunk []string, temp *tempRootReader, stamp *string, 
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
-			return deleted, 0, err
+			return deleted, freed, err
 		}
 		tr.paths = append(tr.paths, t)
 	}
-	freed, err = deleteTrees(inPlace)
-	return deleted, freed, err
+	return deleted, freed, nil
 }
 
 // invalidEntries lists the store directory's entries (disk mode) that are
