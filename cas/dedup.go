@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -188,6 +187,23 @@ func (l *Links) DedupTrees(ctx context.Context, roots []string, o DedupOptions) 
 // into its subdirectories. It returns how many writable files it skipped.
 func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, size int, emit func(dedupGroup)) (int, error) {
 	writable := 0
+	// take says whether the file p, whose lstat is st, is to be linked
+	take := func(p string, st *unix.Stat_t) bool {
+		switch {
+		case st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < o.MinSize:
+			return false // symlinks and the rest are never linked
+		case o.Inodes != nil && o.Inodes.has(st.Ino):
+			return false
+		case st.Mode&0o200 != 0:
+			l.log.Warn("skipping suspicious writable file", "path", p)
+			writable++
+			return false
+		}
+		return true
+	}
+	file := func(p string, st *unix.Stat_t) dedupFile {
+		return dedupFile{path: p, exec: st.Mode&0o100 != 0, size: st.Size}
+	}
 	var walkDir func(dir string) error
 	walkDir = func(dir string) error {
 		if err := ctx.Err(); err != nil {
@@ -225,18 +241,10 @@ func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, 
 				df.Close()
 				return &os.PathError{Op: "lstat", Path: p, Err: err}
 			}
-			if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < o.MinSize {
+			if !take(p, &st) {
 				continue
 			}
-			if o.Inodes != nil && o.Inodes.has(st.Ino) {
-				continue
-			}
-			if st.Mode&0o200 != 0 {
-				l.log.Warn("skipping suspicious writable file", "path", p)
-				writable++
-				continue
-			}
-			files = append(files, dedupFile{path: p, exec: st.Mode&0o100 != 0, size: st.Size})
+			files = append(files, file(p, &st))
 			if len(files) == size {
 				emit(dedupGroup{dir: dir, files: files})
 				files = nil
@@ -254,26 +262,19 @@ func (l *Links) walkGroups(ctx context.Context, roots []string, o DedupOptions, 
 		return nil
 	}
 	for _, root := range roots {
-		fi, err := os.Lstat(root)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
+		var st unix.Stat_t
+		if err := unix.Lstat(root, &st); err != nil {
+			if err == unix.ENOENT {
 				continue
 			}
-			return writable, err
+			return writable, &os.PathError{Op: "lstat", Path: root, Err: err}
 		}
-		switch {
-		case fi.IsDir():
-			err = walkDir(root)
-		case fi.Mode().IsRegular() && fi.Size() >= o.MinSize && (o.Inodes == nil || !o.Inodes.has(inode(fi))):
-			if fi.Mode()&0o200 != 0 {
-				l.log.Warn("skipping suspicious writable file", "path", root)
-				writable++
-				continue
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if err := walkDir(root); err != nil {
+				return writable, err
 			}
-			emit(dedupGroup{dir: filepath.Dir(root), files: []dedupFile{{path: root, exec: fi.Mode()&0o100 != 0, size: fi.Size()}}})
-		}
-		if err != nil {
-			return writable, err
+		} else if take(root, &st) {
+			emit(dedupGroup{dir: filepath.Dir(root), files: []dedupFile{file(root, &st)}})
 		}
 	}
 	return writable, nil
@@ -419,11 +420,4 @@ func (r fdReader) Read(p []byte) (int, error) {
 		}
 		return n, nil
 	}
-}
-
-func inode(fi os.FileInfo) uint64 {
-	if s, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return s.Ino
-	}
-	return 0
 }
