@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sync/errgroup"
 	"io"
 	"io/fs"
 	"os"
@@ -556,30 +555,13 @@ func (s *Store) sweepInvalid(temp *tempRootReader, res *GCResult) error {
 }
 
 // sweepContent prunes `.links` entries left with one link (disk mode) or
-// blobs no valid tree names (blob mode), under the exclusive lock, with
-// `deleters` goroutines (each removal may wait for the device).
+// blobs no valid tree names (blob mode), under the exclusive lock.
 func (s *Store) sweepContent(res *GCResult) error {
 	unlock, err := s.lockGC(true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	var removed, freed atomic.Int64
-	var g errgroup.Group
-	g.SetLimit(deleters)
-	// each(names, fn) runs fn on batches of names
-	each := func(names []string, fn func(string)) {
-		for len(names) > 0 {
-			batch := names[:min(len(names), fileBatch)]
-			names = names[len(batch):]
-			g.Go(func() error {
-				for _, n := range batch {
-					fn(n)
-				}
-				return nil
-			})
-		}
-	}
 	if s.mode == ModeDisk {
 		f, err := os.Open(s.links.Dir())
 		if err != nil {
@@ -593,21 +575,15 @@ func (s *Store) sweepContent(res *GCResult) error {
 		if err != nil {
 			return err
 		}
-		each(names, func(n string) {
-			p := filepath.Join(s.links.Dir(), n)
-			var st syscall.Stat_t
-			if err := syscall.Lstat(p, &st); err != nil {
-				return // removed by someone else: fine (nix#4957)
-			}
-			stale := strings.HasPrefix(n, cas.TempLinkPrefix) && !tempLinkOwnerAlive(n)
-			if (st.Nlink == 1 || stale) && unix.Unlink(p) == nil {
-				removed.Add(1)
-				freed.Add(st.Size)
-			}
+		for i, n := range names {
+			names[i] = filepath.Join(s.links.Dir(), n)
+		}
+		n, freed := removeFiles(names, func(p string, st *unix.Stat_t) bool {
+			n := filepath.Base(p)
+			return st.Nlink == 1 || strings.HasPrefix(n, cas.TempLinkPrefix) && !tempLinkOwnerAlive(n)
 		})
-		g.Wait()
-		res.LinksRemoved += int(removed.Load())
-		res.Freed += freed.Load()
+		res.LinksRemoved += n
+		res.Freed += freed
 		return nil
 	}
 	named := map[cas.Key]bool{}
@@ -624,17 +600,37 @@ func (s *Store) sweepContent(res *GCResult) error {
 	if err != nil {
 		return err
 	}
-	each(unnamed, func(p string) {
-		var st syscall.Stat_t
-		if syscall.Lstat(p, &st) == nil && unix.Unlink(p) == nil {
-			removed.Add(1)
-			freed.Add(st.Size)
-		}
-	})
-	g.Wait()
-	res.BlobsRemoved += int(removed.Load())
-	res.Freed += freed.Load()
+	n, freed := removeFiles(unnamed, func(string, *unix.Stat_t) bool { return true })
+	res.BlobsRemoved += n
+	res.Freed += freed
 	return nil
+}
+
+// removeFiles unlinks the paths whose lstat want approves, in batches on
+// `deleters` goroutines (each removal may wait for the device), and returns
+// how many went and their bytes. A path removed by someone else meanwhile
+// is skipped (nix#4957).
+func removeFiles(paths []string, want func(string, *unix.Stat_t) bool) (int, int64) {
+	var removed, freed atomic.Int64
+	sem := make(chan struct{}, deleters)
+	var wg sync.WaitGroup
+	for len(paths) > 0 {
+		batch := paths[:min(len(paths), fileBatch)]
+		paths = paths[len(batch):]
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			for _, p := range batch {
+				var st unix.Stat_t
+				if unix.Lstat(p, &st) == nil && want(p, &st) && unix.Unlink(p) == nil {
+					removed.Add(1)
+					freed.Add(st.Size)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return int(removed.Load()), freed.Load()
 }
 
 // tempLinkOwnerAlive reads the pid in ".tmp-link-<pid>-<n>".
@@ -644,7 +640,8 @@ func tempLinkOwnerAlive(name string) bool {
 	if err != nil {
 		return false
 	}
-	return syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM)
+	err = syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // deleteTree removes an item's files (see treeDeleter) and returns the
