@@ -36,6 +36,21 @@ func graphStore(t *testing.T, mode store.Mode) (s *store.Store, a, b, c, d strin
 	return s, a, b, c, d
 }
 
+// reopen closes s and opens its store again: the new handle holds none
+// of the temp roots the adds through s took (this process's, as Nix keeps
+// them), so it sees what a collector in another process would. It is
+// closed when the test ends.
+func reopen(t *testing.T, s *store.Store) *store.Store {
+	t.Helper()
+	s.Close()
+	h, err := store.Open(s.StateDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
 func valid(t *testing.T, s *store.Store) []string {
 	t.Helper()
 	var out []string
@@ -48,19 +63,10 @@ func TestGC(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			s, a, b, c, d := graphStore(t, mode)
 			ctx := context.Background()
-			// The adds' own temp roots protect everything while this
-			// process lives; a fresh handle (another process) has none of
-			// them, so it sees what a collector would.
 			if _, err := s.AddRoot(ctx, "keep-b", b, false); err != nil {
 				t.Fatal(err)
 			}
-			s.Close()
-			h, err := store.Open(s.StateDir(), store.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
-			s = h
+			s = reopen(t, s)
 			dry, err := s.CollectGarbage(ctx, store.GCOptions{DryRun: true})
 			if err != nil {
 				t.Fatal(err)
@@ -116,12 +122,7 @@ func TestGCRootsAndTempRoots(t *testing.T) {
 	if _, err := s.AddRoot(ctx, link, a, true); err != nil {
 		t.Fatal(err)
 	}
-	s.Close()
-	h, err := store.Open(s.StateDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := reopen(t, s)
 	tr := h.NewTempRoots()
 	defer tr.Close()
 	tr.Add(filepath.Base(d)) // a request still working on d
@@ -147,12 +148,7 @@ func TestGCRootsAndTempRoots(t *testing.T) {
 
 func TestGCMaxFreed(t *testing.T) {
 	s, _, _, _, _ := graphStore(t, store.ModeDisk)
-	s.Close()
-	h, err := store.Open(s.StateDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := reopen(t, s)
 	res, err := h.CollectGarbage(context.Background(), store.GCOptions{MaxFreed: 1})
 	if err != nil || len(res.Deleted) != 1 {
 		t.Fatalf("gc --max-freed 1 = %+v, %v; want exactly one path deleted", res, err)
@@ -190,13 +186,7 @@ func TestGCDeletionFailure(t *testing.T) {
 			if _, err := s.AddRoot(ctx, "keep", keep, false); err != nil {
 				t.Fatal(err)
 			}
-			s.Close() // a fresh handle holds none of the adds' temp roots
-			h, err := store.Open(s.StateDir(), store.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
-			s = h
+			s = reopen(t, s)
 			file := filepath.Join(s.RealStoreDir(), filepath.Base(stuck), "sub", "data")
 			if err := chattr("+i", file); err != nil {
 				t.Skipf("chattr +i %s: %v (no chattr, or a filesystem without the flag)", file, err)
@@ -209,7 +199,7 @@ func TestGCDeletionFailure(t *testing.T) {
 				return file
 			}
 			t.Cleanup(func() { chattr("-i", where()) })
-			_, err = s.CollectGarbage(ctx, store.GCOptions{})
+			_, err := s.CollectGarbage(ctx, store.GCOptions{})
 			if !errors.Is(err, syscall.EPERM) {
 				t.Fatalf("CollectGarbage with an undeletable file: %v; want EPERM", err)
 			}
