@@ -84,26 +84,13 @@ func TestConcurrentAdds(t *testing.T) {
 			state := initStore(t, mode, "/gnu/store")
 			for round := range 2 {
 				printed := runConcurrentAdds(t, state, args, want, round)
-				ls := listStore(t, state)
-				if !slices.Equal(ls, all) {
-					t.Errorf("round %d: storefs ls = %v\nwant %v", round, ls, all)
-				}
 				for _, p := range printed {
-					if !slices.Contains(ls, p) {
-						t.Errorf("round %d: %s was printed by storefs add but storefs ls does not list it", round, p)
+					if !slices.Contains(all, p) {
+						t.Errorf("round %d: storefs add printed %s, not one of the items", round, p)
 					}
 				}
-				checkVerify(t, state)
-				checkTmpEmpty(t, state)
-				if mode == "disk" {
-					var bases []string
-					for _, p := range ls {
-						bases = append(bases, filepath.Base(p))
-					}
-					if got := diskStoreEntries(t, state); !slices.Equal(got, bases) {
-						t.Errorf("round %d: store/ holds %v, want the valid items %v", round, got, bases)
-					}
-				}
+				t.Logf("round %d: checking the store", round)
+				checkValidItems(t, state, mode, all)
 			}
 		})
 	}

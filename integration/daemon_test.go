@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -139,34 +138,6 @@ func (d *daemonProc) mustStop(t testing.TB) {
 	if _, err := os.Lstat(daemon.SocketPath(d.state)); err == nil {
 		t.Errorf("storefs daemon exited but left %s", daemon.SocketPath(d.state))
 	}
-}
-
-// runStorefs runs a command line (argv, e.g. the storefs binary and its
-// arguments, possibly behind setpriv) with stdin, and returns what it did; a
-// command still running after timeout is killed and fails the test.
-func runStorefs(t testing.TB, timeout time.Duration, stdin io.Reader, argv ...string) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = storefsEnv()
-	cmd.Stdin = stdin
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.Bytes(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case ctx.Err() != nil:
-		t.Errorf("%s: still running after %v (hung?); killed. stderr:\n%s", strings.Join(argv, " "), timeout, errb.String())
-		r.code = -1
-	case err == nil:
-	case errors.As(err, &ee) && ee.Exited():
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("%s: %v (stderr: %s)", strings.Join(argv, " "), err, errb.String())
-	}
-	return r
 }
 
 // storefsStdin is storefs() with stdin.
@@ -779,41 +750,6 @@ func stagingDirs(t testing.TB, state string, pid int) []string {
 	return out
 }
 
-// mediumTree writes an item of files files (in directories of 50), every
-// tenth one of bigSize bytes and the others small, all distinct.
-func mediumTree(t testing.TB, root string, seed uint64, files, bigSize int) {
-	base := newRNG(9000).bytes(bigSize + 64<<10)
-	r := newRNG(seed)
-	for i := range files {
-		d := filepath.Join(root, fmt.Sprintf("dir-%02d", i/50))
-		if i%50 == 0 {
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		size := 16 + r.intn(40<<10)
-		if i%10 == 0 {
-			size = bigSize
-		}
-		var hdr [16]byte
-		binary.LittleEndian.PutUint64(hdr[:], seed)
-		binary.LittleEndian.PutUint64(hdr[8:], uint64(i))
-		off := r.intn(len(base) - size)
-		data := append(hdr[:], base[off:off+size-16]...)
-		mode := os.FileMode(0o644)
-		if i%7 == 0 {
-			mode = 0o755
-		}
-		p := filepath.Join(d, fmt.Sprintf("file-%04d", i))
-		if err := os.WriteFile(p, data, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestDaemonSIGTERMDuringAdds: SIGTERM a daemon (--shutdown-timeout 1s)
 // while 4 clients add trees of 7 to 108 MiB through it, in both modes: it exits 0 within a few
 // seconds; every client either succeeded (its path valid) or failed with a
@@ -826,7 +762,7 @@ func TestDaemonSIGTERMDuringAdds(t *testing.T) {
 	var sums [][32]byte
 	for i := range nclients {
 		src := filepath.Join(dir, fmt.Sprintf("medium-%d", i))
-		mediumTree(t, src, uint64(100+i), []int{60, 300, 600, 900}[i], 1<<20)
+		writeTree(t, src, uint64(100+i), []int{60, 300, 600, 900}[i], 10, 1<<20)
 		srcs = append(srcs, src)
 		sum := narSHA256(t, src)
 		sums = append(sums, sum)

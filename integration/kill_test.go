@@ -11,58 +11,70 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// bigTree writes parts directories of about 100 MiB each (1000 files in 20
-// directories: mostly small files, ten of 8 MiB), every file distinct (a
-// 16-byte header naming it, then a slice of one random buffer, so that
-// generating 300 MiB costs little even under the race detector).
-func bigTree(t *testing.T, dir string, parts int) []string {
-	base := newRNG(4242).bytes(16 << 20)
-	var out []string
-	for part := range parts {
-		r := newRNG(uint64(5000 + part))
-		root := filepath.Join(dir, fmt.Sprintf("big-%d", part))
-		for i := range 1000 {
-			d := filepath.Join(root, fmt.Sprintf("dir-%02d", i/50))
-			if i%50 == 0 {
-				if err := os.MkdirAll(d, 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
-			size := 16 + r.intn(45<<10)
-			if i%100 == 0 {
-				size = 8 << 20
-			}
-			var hdr [16]byte
-			binary.LittleEndian.PutUint64(hdr[:], uint64(part))
-			binary.LittleEndian.PutUint64(hdr[8:], uint64(i))
-			off := r.intn(len(base) - size)
-			mode := os.FileMode(0o644)
-			if i%7 == 0 {
-				mode = 0o755
-			}
-			p := filepath.Join(d, fmt.Sprintf("file-%04d", i))
-			f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := f.Write(hdr[:]); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := f.Write(base[off : off+size-16]); err != nil {
-				t.Fatal(err)
-			}
-			if err := f.Chmod(mode); err != nil {
-				t.Fatal(err)
-			}
-			if err := f.Close(); err != nil {
+// treeBase is the random bytes writeTree takes its files' contents from.
+var treeBase = sync.OnceValue(func() []byte { return newRNG(4242).bytes(16<<20 + 64<<10) })
+
+// writeTree writes an item of files files in directories of 50: every
+// bigEvery-th one of bigSize bytes (at most 16 MiB), the others of 16 B to
+// 40 KiB, a seventh of them executable. Every file is distinct (a 16-byte
+// header naming it by seed and index, then a slice of one random buffer, so
+// that generating hundreds of MiB costs little).
+func writeTree(t testing.TB, root string, seed uint64, files, bigEvery, bigSize int) {
+	t.Helper()
+	base := treeBase()
+	r := newRNG(seed)
+	for i := range files {
+		d := filepath.Join(root, fmt.Sprintf("dir-%02d", i/50))
+		if i%50 == 0 {
+			if err := os.MkdirAll(d, 0o755); err != nil {
 				t.Fatal(err)
 			}
 		}
+		size := 16 + r.intn(40<<10)
+		if i%bigEvery == 0 {
+			size = bigSize
+		}
+		var hdr [16]byte
+		binary.LittleEndian.PutUint64(hdr[:], seed)
+		binary.LittleEndian.PutUint64(hdr[8:], uint64(i))
+		off := r.intn(len(base) - size)
+		mode := os.FileMode(0o644)
+		if i%7 == 0 {
+			mode = 0o755
+		}
+		p := filepath.Join(d, fmt.Sprintf("file-%04d", i))
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(hdr[:]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(base[off : off+size-16]); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Chmod(mode); err != nil { // whatever the umask
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// bigTree writes parts directories of about 100 MiB each (1000 files in 20
+// directories: mostly small files, ten of 8 MiB).
+func bigTree(t *testing.T, dir string, parts int) []string {
+	var out []string
+	for part := range parts {
+		root := filepath.Join(dir, fmt.Sprintf("big-%d", part))
+		writeTree(t, root, uint64(5000+part), 1000, 100, 8<<20)
 		out = append(out, root)
 	}
 	return out

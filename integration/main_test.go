@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -126,23 +127,36 @@ func storefsCmd(ctx context.Context, state string, args ...string) *exec.Cmd {
 }
 
 // storefs runs storefs on the store in state and returns what it did; it
-// fails the test only when the binary could not be run at all.
+// fails the test when the binary could not be run at all or hung.
 func storefs(t testing.TB, state string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	return runStorefs(t, commandTimeout, nil, append([]string{storefsBin, "--state", state, "--no-progress"}, args...)...)
+}
+
+// runStorefs runs a command line (argv, e.g. the storefs binary and its
+// arguments, possibly behind setpriv) with stdin, and returns what it did; a
+// command still running after timeout is killed and fails the test.
+func runStorefs(t testing.TB, timeout time.Duration, stdin io.Reader, argv ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := storefsCmd(ctx, state, args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = storefsEnv()
+	cmd.Stdin = stdin
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	r := result{stdout: out.Bytes(), stderr: errb.String()}
 	var ee *exec.ExitError
 	switch {
+	case ctx.Err() != nil:
+		t.Errorf("%s: still running after %v (hung?); killed. stderr:\n%s", strings.Join(argv, " "), timeout, errb.String())
+		r.code = -1
 	case err == nil:
 	case errors.As(err, &ee) && ee.Exited():
 		r.code = ee.ExitCode()
 	default:
-		t.Fatalf("storefs %s: %v (stderr: %s)", strings.Join(args, " "), err, errb.String())
+		t.Fatalf("%s: %v (stderr: %s)", strings.Join(argv, " "), err, errb.String())
 	}
 	return r
 }
