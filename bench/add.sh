@@ -13,26 +13,12 @@ source "$here/lib.sh"
 trap bench_cleanup EXIT
 bench_corpus "${1:-}"
 
-work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/storefs-bench.XXXXXX")
-bench_trash+=("$work")
-bin=$work/storefs
-(cd "$here/.." && go build -o "$bin" ./cmd/storefs)
+bench_work
 
 files=$(find "${items[@]}" -type f | wc -l)
 bytes=$(find "${items[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
 printf 'corpus: %s (%d items, %d files, %.2f GiB)\n' "$corpus" "${#items[@]}" "$files" "$(echo "$bytes/1073741824" | bc -l)"
 
-
-# seconds CMD...: runs CMD after dropping caches, prints elapsed seconds.
-seconds() {
-  bench_drop
-  local t0 t1
-  t0=$(date +%s.%N)
-  "$@" >/dev/null
-  sync
-  t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc -l
-}
 
 # one core's sha256 throughput, on bytes in memory
 hasher=sha256sum; command -v openssl >/dev/null && hasher="openssl dgst -sha256"   # openssl uses SHA-NI, as Go does
@@ -40,7 +26,7 @@ sha=$( { head -c 1073741824 /dev/zero | (t0=$(date +%s.%N); $hasher >/dev/null; 
 sha_rate=$(echo "1073741824 / $sha" | bc -l)
 sha_time=$(echo "$bytes / $sha_rate" | bc -l)
 
-t_cp=$(seconds bash -c 'mkdir -p "$0/cp"; for i in "$@"; do cp -a "$i" "$0/cp/"; done' "$work" "${items[@]}")
+t_cp=$(bench_elapsed bash -c 'mkdir -p "$0/cp"; for i in "$@"; do cp -a "$i" "$0/cp/"; done' "$work" "${items[@]}")
 rm -rf "$work/cp"
 
 t_nix=na
@@ -49,7 +35,7 @@ if command -v nix-store >/dev/null; then
   r=$work/nix
   url="local?store=/gnu/store&real=$r/store&state=$r/state&log=$r/log"
   mkdir -p "$r"
-  t_nix=$(seconds nix-store --store "$url" --add "${items[@]}")
+  t_nix=$(bench_elapsed nix-store --store "$url" --add "${items[@]}")
   nix-store --store "$url" --add "${items[@]}" > "$work/nix.paths"
   chmod -R u+w "$r"; rm -rf "$r"
 fi
@@ -59,7 +45,7 @@ for mode in blob disk disk-nodedup; do
   st=$work/state-$mode
   flags=(); [ "$mode" = disk-nodedup ] && flags=(--no-dedup)
   "$bin" --state "$st" init --mode "${mode%-nodedup}" >/dev/null
-  t_sf[$mode]=$(seconds "$bin" --state "$st" add "${flags[@]}" "${items[@]}")
+  t_sf[$mode]=$(bench_elapsed "$bin" --state "$st" add "${flags[@]}" "${items[@]}")
   "$bin" --state "$st" add "${items[@]}" > "$work/$mode.paths"   # again: nothing new, warm
   if [ -f "$work/nix.paths" ] && ! cmp -s "$work/nix.paths" "$work/$mode.paths"; then
     echo "MISMATCH: storefs ($mode) and nix-store --add give different paths" >&2; exit 1

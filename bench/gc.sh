@@ -15,10 +15,8 @@ command -v nix-store >/dev/null || { echo "nix-store is needed (apt-get install 
 small=${SMALL:-3000} large=${LARGE:-4} large_mb=${LARGE_MB:-64}
 corpus=${1:-}
 
-work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/storefs-bench.XXXXXX")
-trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
-bin=$work/storefs
-(cd "$here/.." && go build -o "$bin" ./cmd/storefs)
+trap bench_cleanup EXIT
+bench_work
 
 # the items
 src=$work/src
@@ -50,8 +48,6 @@ bytes=$(find "${items[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
 printf 'items: %d (%d small, %d x %d MiB%s), %.2f GiB in %d files\n' "${#items[@]}" "$small" "$large" "$large_mb" \
   "${corpus:+, and the subdirectories of $corpus}" "$(echo "$bytes/1073741824" | bc -l)" "$(find "${items[@]}" -type f | wc -l)"
 
-# elapsed CMD...: runs CMD after dropping caches; prints elapsed seconds (output in $work/out).
-elapsed() { local t0 t1; bench_drop; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; sync; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
 
 # Nix
 export NIX_CONFIG=$'substituters =\nsandbox = false\nbuild-users-group =\nauto-optimise-store = false\nexperimental-features = nix-command' \
@@ -60,7 +56,7 @@ mkdir -p "$work/home"
 r=$work/nix; url="local?store=/gnu/store&real=$r/store&state=$r/state&log=$r/log"
 nix-store --store "$url" --add "${items[@]}" > "$work/nix.paths"
 n_nix=$(wc -l < "$work/nix.paths")
-t_nix=$(elapsed nix-store --store "$url" --gc)
+t_nix=$(bench_elapsed nix-store --store "$url" --gc)
 nix_line=$(grep -E 'store paths deleted' "$work/out" || true)
 left_nix=$(nix path-info --store "$url" --all 2>/dev/null | wc -l)
 chmod -R u+w "$r"; rm -rf "$r"
@@ -71,7 +67,7 @@ for mode in blob disk; do
   "$bin" --state "$st" init --mode "$mode" >/dev/null
   "$bin" --state "$st" --no-progress add "${items[@]}" > "$work/$mode.paths"
   cmp -s "$work/nix.paths" "$work/$mode.paths" || { echo "MISMATCH: storefs ($mode) and nix-store --add give different paths" >&2; exit 1; }
-  t_sf[$mode]=$(elapsed "$bin" --state "$st" gc)
+  t_sf[$mode]=$(bench_elapsed "$bin" --state "$st" gc)
   line[$mode]=$(head -1 "$work/out")
   left[$mode]=$("$bin" --state "$st" ls | wc -l)
   "$bin" --state "$st" verify >/dev/null 2>&1 || { echo "storefs verify failed after gc ($mode)" >&2; exit 1; }

@@ -1,4 +1,4 @@
-# Sourced by the bench scripts. bench_corpus [CORPUS] sets $corpus (absolute) and the array
+# Sourced by add.sh, optimise.sh and gc.sh. bench_corpus [CORPUS] sets $corpus (absolute) and the array
 # $items (its subdirectories). Without CORPUS it copies the top-level trees of the Go toolchain
 # (`go env GOROOT`) into a temp dir. bench_cleanup removes that copy and whatever the script added
 # to $bench_trash; the scripts call it from their one EXIT trap.
@@ -36,3 +36,24 @@ else
   bench_cache="warm cache"
 fi
 bench_drop() { sync; [ "$bench_cache" = "warm cache" ] || echo 3 > /proc/sys/vm/drop_caches; }
+
+# bench_work makes the run's work dir $work (removed by bench_cleanup) and builds storefs from
+# this tree as $bin in it.
+bench_work() {
+  work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/storefs-bench.XXXXXX")
+  bench_trash+=("$work")
+  bin=$work/storefs
+  (cd "$(dirname "${BASH_SOURCE[0]}")/.." && go build -o "$bin" ./cmd/storefs)
+}
+
+# bench_elapsed CMD...: runs CMD after bench_drop, syncs, and prints the seconds both took (CMD's
+# output goes to $work/out).
+bench_elapsed() {
+  local t0 t1
+  bench_drop
+  t0=$(date +%s.%N)
+  "$@" > "$work/out" 2>&1
+  sync
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc -l
+}

@@ -11,16 +11,12 @@ source "$here/lib.sh"
 trap bench_cleanup EXIT
 bench_corpus "${1:-}"
 
-work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/storefs-bench.XXXXXX")
-bench_trash+=("$work")
-bin=$work/storefs
-(cd "$here/.." && go build -o "$bin" ./cmd/storefs)
-elapsed() { local t0 t1; bench_drop; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; sync; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+bench_work
 
 export NIX_CONFIG=$'substituters =\nsandbox = false\nbuild-users-group =\nauto-optimise-store = false' HOME=$work/home XDG_CACHE_HOME=$work/home/.cache
 r=$work/nix; url="local?store=/gnu/store&real=$r/store&state=$r/state&log=$r/log"
 nix-store --store "$url" --add "${items[@]}" >/dev/null
-t_nix=$(elapsed nix-store --store "$url" --optimise)
+t_nix=$(bench_elapsed nix-store --store "$url" --optimise)
 nix_line=$(grep -E 'freed by hard-linking' "$work/out" || true)
 nix_links=$(find "$r/store/.links" -type f | wc -l); nix_syml=$(find "$r/store/.links" -type l | wc -l)
 chmod -R u+w "$r"; rm -rf "$r"
@@ -30,7 +26,7 @@ for min in 0 8192; do
   st=$work/state-$min
   "$bin" --state "$st" init --mode disk --links-min-size "$min" >/dev/null
   "$bin" --state "$st" add --no-dedup "${items[@]}" >/dev/null
-  t_sf[$min]=$(elapsed "$bin" --state "$st" optimise)
+  t_sf[$min]=$(bench_elapsed "$bin" --state "$st" optimise)
   line[$min]=$(head -1 "$work/out")
   chmod -R u+w "$st"; rm -rf "$st"
 done
