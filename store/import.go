@@ -175,11 +175,8 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 		return it.streamFile(n, nr, w)
 	}
 	if n.size <= smallFile {
-		data := make([]byte, n.size)
-		if _, err := io.ReadFull(nr, data); err != nil {
-			return err
-		}
-		if err := w.RegularBytes(n.exec, data); err != nil {
+		data, err := readSmall(n, nr, w)
+		if err != nil {
 			return err
 		}
 		k, err := nar.HashFile(n.exec, n.size, bytesReader(data))
@@ -205,6 +202,16 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 	return err
 }
 
+// readSmall reads a small file's contents from the archive into memory and
+// feeds them to the NAR re-encoder.
+func readSmall(n *node, nr *nar.Reader, w *nar.Writer) ([]byte, error) {
+	data := make([]byte, n.size)
+	if _, err := io.ReadFull(nr, data); err != nil {
+		return nil, err
+	}
+	return data, w.RegularBytes(n.exec, data)
+}
+
 // streamFile writes one regular file of an archive into the staged tree
 // (disk mode), deduplicating it like copyFile: a small file's entry is
 // checked before anything is written; a large one is written while its key
@@ -213,11 +220,8 @@ func (it *item) streamFile(n *node, nr *nar.Reader, w *nar.Writer) error {
 	dst := it.treePath(n.rel)
 	dedup := it.dedup && n.size >= it.s.linksMin
 	if n.size <= smallFile {
-		data := make([]byte, n.size)
-		if _, err := io.ReadFull(nr, data); err != nil {
-			return err
-		}
-		if err := w.RegularBytes(n.exec, data); err != nil {
+		data, err := readSmall(n, nr, w)
+		if err != nil {
 			return err
 		}
 		if dedup {
