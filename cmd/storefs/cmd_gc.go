@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -130,9 +129,7 @@ nothing.`,
 			}
 			switch {
 			case o.asJSON:
-				enc := json.NewEncoder(g.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
+				return printJSON(g.stdout, res)
 			case o.printRoots:
 				for _, r := range res.Roots {
 					fmt.Fprintf(g.stdout, "%s -> %s\n", r.Link, r.Path)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 )
@@ -30,9 +31,7 @@ the bytes freed.`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(g.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(g.stdout, st)
 			}
 			fmt.Fprintf(g.stdout, "%d files linked, %s freed\n", st.Linked, humanBytes(st.BytesFreed))
 			fmt.Fprintf(g.stderr, "considered %d files: %d new .links entries, %d already linked, %d skipped, %d writable skipped, %d errors\n",
@@ -42,6 +41,13 @@ the bytes freed.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the counts as JSON")
 	return cmd
+}
+
+// printJSON writes v as indented JSON, the form every --json flag prints.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func humanBytes(n int64) string {

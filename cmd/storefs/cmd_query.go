@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -61,9 +60,7 @@ func newInfoCommand(g *globals) *cobra.Command {
 				infos = append(infos, in)
 			}
 			if asJSON {
-				enc := json.NewEncoder(g.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(infos)
+				return printJSON(g.stdout, infos)
 			}
 			for i, in := range infos {
 				if i > 0 {
