@@ -431,22 +431,20 @@ func (srv *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 }
 
 func (srv *Server) handleAdd(w http.ResponseWriter, r *http.Request) {
-	o := importOptions(r)
-	var st cas.DedupStats
-	o.Dedup = &st
-	p, err := srv.s.AddNAR(r.Context(), r.Body, o)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, AddResult{Path: p, Dedup: &st})
+	srv.ingest(w, r, srv.s.AddNAR)
 }
 
 func (srv *Server) handleImport(w http.ResponseWriter, r *http.Request) {
+	srv.ingest(w, r, srv.s.Import)
+}
+
+// ingest answers add and import: the body is a NAR that ingest (AddNAR or
+// Import) stores with the request's options.
+func (srv *Server) ingest(w http.ResponseWriter, r *http.Request, ingest func(context.Context, io.Reader, store.ImportOptions) (string, error)) {
 	o := importOptions(r)
 	var st cas.DedupStats
 	o.Dedup = &st
-	p, err := srv.s.Import(r.Context(), r.Body, o)
+	p, err := ingest(r.Context(), r.Body, o)
 	if err != nil {
 		writeError(w, err)
 		return
