@@ -23,7 +23,6 @@ func (r *Registry) Invalidate(names []string) (removed []string, err error) {
 	err = r.update(func(tx *bolt.Tx) error {
 		removed = removed[:0]
 		paths := tx.Bucket(bucketPaths)
-		refs := tx.Bucket(bucketRefs)
 		referrers := tx.Bucket(bucketReferrers)
 		for _, n := range names {
 			if paths.Get([]byte(n)) == nil {
@@ -39,23 +38,7 @@ func (r *Registry) Invalidate(names []string) (removed []string, err error) {
 			if paths.Get([]byte(n)) == nil {
 				continue
 			}
-			for _, to := range scanPrefix(refs, n) {
-				if err := refs.Delete(refKey(n, to)); err != nil {
-					return err
-				}
-				if err := referrers.Delete(refKey(to, n)); err != nil {
-					return err
-				}
-			}
-			for _, by := range scanPrefix(referrers, n) {
-				if err := referrers.Delete(refKey(n, by)); err != nil {
-					return err
-				}
-				if err := refs.Delete(refKey(by, n)); err != nil {
-					return err
-				}
-			}
-			if err := paths.Delete([]byte(n)); err != nil {
+			if err := removePath(tx, n); err != nil {
 				return err
 			}
 			removed = append(removed, n)
@@ -66,6 +49,30 @@ func (r *Registry) Invalidate(names []string) (removed []string, err error) {
 		return nil, err
 	}
 	return removed, nil
+}
+
+// removePath deletes n's PathInfo and every reference from or to it, with
+// their mirror entries.
+func removePath(tx *bolt.Tx, n string) error {
+	refs := tx.Bucket(bucketRefs)
+	referrers := tx.Bucket(bucketReferrers)
+	for _, to := range scanPrefix(refs, n) {
+		if err := refs.Delete(refKey(n, to)); err != nil {
+			return err
+		}
+		if err := referrers.Delete(refKey(to, n)); err != nil {
+			return err
+		}
+	}
+	for _, by := range scanPrefix(referrers, n) {
+		if err := referrers.Delete(refKey(n, by)); err != nil {
+			return err
+		}
+		if err := refs.Delete(refKey(by, n)); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketPaths).Delete([]byte(n))
 }
 
 // Graph returns every valid path with its references, from one snapshot.
@@ -170,7 +177,6 @@ func (r *Registry) InvalidateOrdered(names []string) (removed []Removed, err err
 		removed = removed[:0]
 		gone := map[string]bool{}
 		paths := tx.Bucket(bucketPaths)
-		refs := tx.Bucket(bucketRefs)
 		referrers := tx.Bucket(bucketReferrers)
 	next:
 		for _, n := range names {
@@ -188,20 +194,7 @@ func (r *Registry) InvalidateOrdered(names []string) (removed []Removed, err err
 					continue next
 				}
 			}
-			for _, to := range scanPrefix(refs, n) {
-				if err := refs.Delete(refKey(n, to)); err != nil {
-					return err
-				}
-				if err := referrers.Delete(refKey(to, n)); err != nil {
-					return err
-				}
-			}
-			for _, b := range by { // only n itself is left: a self-reference
-				if err := referrers.Delete(refKey(n, b)); err != nil {
-					return err
-				}
-			}
-			if err := paths.Delete([]byte(n)); err != nil {
+			if err := removePath(tx, n); err != nil {
 				return err
 			}
 			gone[n] = true
