@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -14,6 +15,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/storefs/storefs/chunk"
 )
 
 // MountOptions configure Mount.
@@ -66,6 +69,14 @@ func FuseOptions(root *Root, mo MountOptions) *gofs.Options {
 
 // ReadPath says how file reads are served on this mount.
 func ReadPath(srv *fuse.Server, root *Root) string {
+	s := readPath(srv, root)
+	if root.o.Chunks != nil {
+		s += "; files of " + strconv.Itoa(chunk.Threshold>>10) + " KiB and more read from their chunks"
+	}
+	return s
+}
+
+func readPath(srv *fuse.Server, root *Root) string {
 	if root.o.Passthrough && srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 {
 		return "passthrough to the blob files (kernel reads them directly)"
 	}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"io"
 	"os"
 	"sort"
 	"syscall"
@@ -10,6 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/chunk"
 	"github.com/storefs/storefs/registry"
 )
 
@@ -154,6 +156,14 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if f.node.Size == 0 {
 		return emptyFile{}, fuse.FOPEN_KEEP_CACHE, 0
 	}
+	if c := f.root.o.Chunks; c != nil && chunk.Chunked(f.node.Size) {
+		cf, err := c.Open(cas.Key(f.node.Key), f.node.Size)
+		if err != nil {
+			f.root.log.Error("storefs mount: open chunked file", "key", cas.Key(f.node.Key).String(), "err", err)
+			return nil, 0, syscall.EIO
+		}
+		return &chunkedFile{f: cf}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	}
 	b, err := os.Open(f.root.blobs.Path(cas.Key(f.node.Key)))
 	if err != nil {
 		// a valid item whose blob is gone is a damaged store, not a missing name
@@ -190,6 +200,32 @@ func (b *blobFile) PassthroughFd() (int, bool) {
 
 func (b *blobFile) Release(ctx context.Context) syscall.Errno {
 	b.f.Close()
+	return 0
+}
+
+// chunkedFile is an open chunked file (chunk mode): a read opens and reads
+// only the chunks it covers, keeping the last few open for the next read.
+// Unlike a blob, a chunked file held open while its item is collected stays
+// readable only for the chunks it holds open: the others fail with EIO.
+type chunkedFile struct {
+	f *chunk.File
+}
+
+var (
+	_ gofs.FileReader   = (*chunkedFile)(nil)
+	_ gofs.FileReleaser = (*chunkedFile)(nil)
+)
+
+func (c *chunkedFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := c.f.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (c *chunkedFile) Release(ctx context.Context) syscall.Errno {
+	c.f.Close()
 	return 0
 }
 

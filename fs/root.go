@@ -12,6 +12,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/chunk"
 	"github.com/storefs/storefs/registry"
 )
 
@@ -26,6 +27,9 @@ type Options struct {
 	// Timeout is the kernel's entry and attribute timeout for item
 	// contents (immutable); one hour when zero.
 	Timeout time.Duration
+	// Chunks are the manifest and chunk areas of a chunk-mode store: its
+	// large files are read from their chunks (nil in blob mode).
+	Chunks *chunk.Areas
 }
 
 // Root is the store directory: it lists the valid paths.

@@ -35,8 +35,8 @@ func (r *Registry) Register(batch []Registration) (added []string, err error) {
 		return nil, err
 	}
 	for _, reg := range batch {
-		if r.mode == "blob" && reg.Info.Root.Type == 0 {
-			return nil, fmt.Errorf("register %s: blob-mode path without a tree", reg.Info.Path)
+		if r.mode != "disk" && reg.Info.Root.Type == 0 {
+			return nil, fmt.Errorf("register %s: %s-mode path without a tree", reg.Info.Path, r.mode)
 		}
 		for d, v := range reg.Dirs {
 			if sha256.Sum256(v) != d {
@@ -240,7 +240,7 @@ func checkTx(r *Registry, tx *bolt.Tx, out *[]Problem) error {
 			probs = append(probs, Problem{string(k), err.Error()})
 			return nil
 		}
-		if r.mode == "blob" {
+		if r.mode != "disk" {
 			switch pi.Root.Type {
 			case TypeDirectory:
 				walk(pi.Path, pi.Root.Key)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -85,11 +86,12 @@ func Stat(src string) (SourceStats, error) {
 
 // item is one item being built in the staging area.
 type item struct {
-	s     *Store
-	stage *stage
-	dir   string     // staging dir of this item
-	tree  string     // disk mode: where the tree is built (dir/tree)
-	batch *cas.Batch // blob mode: new blobs
+	s      *Store
+	stage  *stage
+	dir    string      // staging dir of this item
+	tree   string      // disk mode: where the tree is built (dir/tree)
+	batch  *cas.Batch  // blob and chunk mode: new blobs
+	chunks *chunkStage // chunk mode: new manifests and chunks
 
 	temp    *TempRoots // where the item's temp root goes
 	dedup   bool       // disk mode: deduplicate through .links while adding
@@ -105,13 +107,22 @@ func (s *Store) newItem(ctx context.Context, noDedup bool) (*item, error) {
 	}
 	dir := st.dir
 	it := &item{s: s, stage: st, dir: dir, tree: filepath.Join(dir, "tree"), dedup: s.links != nil && !noDedup, temp: s.tempRoots(ctx)}
-	if s.mode == ModeBlob {
+	if s.mode.trees() {
 		b, err := s.blobs.NewBatch(filepath.Join(dir, "blobs"))
 		if err != nil {
 			st.remove()
 			return nil, err
 		}
 		it.batch = b
+	}
+	if s.mode == ModeChunk {
+		cs, err := s.newChunkStage(dir)
+		if err != nil {
+			it.batch.Abort()
+			st.remove()
+			return nil, err
+		}
+		it.chunks = cs
 	}
 	return it, nil
 }
@@ -120,6 +131,9 @@ func (s *Store) newItem(ctx context.Context, noDedup bool) (*item, error) {
 func (it *item) discard() {
 	if it.batch != nil {
 		it.batch.Abort()
+	}
+	if it.chunks != nil {
+		it.chunks.abort()
 	}
 	it.stage.remove()
 }
@@ -388,8 +402,20 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 			if err != nil {
 				return err
 			}
-			err = w.Regular(n.exec, n.size, f)
+			var r io.Reader = f
+			var fh hash.Hash
+			if n.recheck { // re-read from the source: it must not have changed
+				fh = sha256.New()
+				fh.Write(nar.RegularPrefix(n.exec, n.size))
+				r = io.TeeReader(f, fh)
+			}
+			err = w.Regular(n.exec, n.size, r)
 			f.Close()
+			if err == nil && fh != nil {
+				if fh.Write(nar.RegularSuffix(n.size)); cas.Key(fh.Sum(nil)) != n.key {
+					err = errChanged
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", n.rel, err)
 			}
@@ -476,17 +502,11 @@ func (it *item) ingestFile(n *node) error {
 		if err != nil {
 			return err
 		}
-		k, err := nar.HashFile(n.exec, n.size, bytesReader(data))
-		if err != nil {
-			return err
-		}
-		n.key = k
 		n.data = data
-		if n.size == 0 {
-			return nil // empty files need no blob
-		}
-		_, err = it.batch.PutBytes(k, n.exec, data)
-		return err
+		return it.putData(n, data)
+	}
+	if it.chunks != nil {
+		return it.putChunkedFile(n)
 	}
 	f, err := os.Open(n.src)
 	if err != nil {
@@ -720,13 +740,13 @@ func canonDir(p string) error {
 func (it *item) finish(root *node, info *registry.PathInfo) error {
 	s := it.s
 	info.RegistrationTime = time.Now()
-	if s.mode == ModeBlob {
+	if s.mode.trees() {
 		if valid, err := s.tempRoot(it.temp, info.Path); err != nil || valid {
 			return err
 		}
 		dirs := map[registry.Digest][]byte{}
 		info.Root = treeRecords(root, dirs)
-		return s.registerChecked(info, dirs, root, it.batch)
+		return s.registerChecked(info, dirs, root, it.batch, it.chunks)
 	}
 
 	lock, err := s.lockPath(info.Path)
@@ -764,7 +784,7 @@ func (it *item) finish(root *node, info *registry.PathInfo) error {
 		err = s.syncState()
 	}
 	if err == nil {
-		err = s.registerChecked(info, nil, nil, nil)
+		err = s.registerChecked(info, nil, nil, nil, nil)
 	}
 	if err != nil {
 		removeAll(dst) // not valid, so nobody can depend on it
@@ -787,17 +807,23 @@ func (s *Store) tempRoot(t *TempRoots, base string) (valid bool, err error) {
 	return s.reg.IsValid(base)
 }
 
-// registerChecked registers under the shared GC lock. In blob mode it moves
-// the item's new blobs into the blob area and makes them durable under that
-// lock too (a collection sweeps unnamed blobs), then checks that every blob
-// the tree names is present: the add may have found a blob present, and not
-// written it, that a collection removed since, as the blob was unnamed then.
-func (s *Store) registerChecked(info *registry.PathInfo, dirs map[registry.Digest][]byte, root *node, batch *cas.Batch) error {
+// registerChecked registers under the shared GC lock. In blob and chunk
+// mode it moves the item's new content (chunks, manifests, blobs) into the
+// store and makes it durable under that lock too (a collection sweeps
+// unnamed content), then checks that everything the tree relies on is
+// present: the add may have found a blob, manifest or chunk present, and not
+// written it, that a collection removed since, as nothing named it then.
+func (s *Store) registerChecked(info *registry.PathInfo, dirs map[registry.Digest][]byte, root *node, batch *cas.Batch, cs *chunkStage) error {
 	unlock, err := s.lockGC(false)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if cs != nil {
+		if err := cs.commit(); err != nil {
+			return err
+		}
+	}
 	if batch != nil {
 		if err := batch.Commit(); err != nil {
 			return err
@@ -807,28 +833,8 @@ func (s *Store) registerChecked(info *registry.PathInfo, dirs map[registry.Diges
 		}
 	}
 	if root != nil {
-		seen := map[cas.Key]bool{}
-		var missing error
-		var walk func(n *node)
-		walk = func(n *node) {
-			switch {
-			case missing != nil:
-			case n.typ == nar.TypeRegular && n.size > 0 && !seen[n.key]:
-				seen[n.key] = true
-				if ok, err := s.blobs.Has(n.key); err != nil {
-					missing = err
-				} else if !ok {
-					missing = fmt.Errorf("%w: blob %s (adding %s)", errBlobCollected, n.key, info.Path)
-				}
-			case n.typ == nar.TypeDirectory:
-				for _, k := range n.kids {
-					walk(k)
-				}
-			}
-		}
-		walk(root)
-		if missing != nil {
-			return missing
+		if err := s.checkContents(info, root, cs); err != nil {
+			return err
 		}
 	}
 	return s.register([]registry.Registration{{Info: info, Dirs: dirs}})

@@ -12,7 +12,6 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/wire"
 
-	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/nar"
 	"github.com/storefs/storefs/registry"
 )
@@ -41,7 +40,7 @@ func (s *Store) info(p string) (*registry.PathInfo, string, error) {
 
 func (s *Store) loadTree(pi *registry.PathInfo) (*tree, error) {
 	t := &tree{info: pi, dirs: map[registry.Digest]*registry.Directory{}}
-	if s.mode != ModeBlob || pi.Root.Type != registry.TypeDirectory {
+	if !s.mode.trees() || pi.Root.Type != registry.TypeDirectory {
 		return t, nil
 	}
 	err := s.reg.View(func(rd registry.Reader) error {
@@ -107,9 +106,9 @@ func (s *Store) emitNode(ctx context.Context, nw *nar.Writer, t *tree, n registr
 		if n.Size == 0 {
 			return nw.RegularBytes(n.Executable, nil)
 		}
-		f, err := s.blobs.Open(cas.Key(n.Key))
+		f, err := s.openContent(n)
 		if err != nil {
-			return fmt.Errorf("blob %s: %w", cas.Key(n.Key), err)
+			return err
 		}
 		defer f.Close()
 		return nw.Regular(n.Executable, n.Size, f)
@@ -254,9 +253,9 @@ func (s *Store) Cat(ctx context.Context, w io.Writer, p string) error {
 	if n.Size == 0 {
 		return nil
 	}
-	f, err := s.blobs.Open(cas.Key(n.Key))
+	f, err := s.openContent(n)
 	if err != nil {
-		return fmt.Errorf("%s: blob %s: %w", p, cas.Key(n.Key), err)
+		return fmt.Errorf("%s: %w", p, err)
 	}
 	defer f.Close()
 	_, err = io.CopyN(w, f, n.Size)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/chunk"
 	"github.com/storefs/storefs/gc"
 	"github.com/storefs/storefs/registry"
 )
@@ -50,6 +51,9 @@ type GCResult struct {
 	// mode) and unnamed blobs (blob mode).
 	LinksRemoved int `json:"linksRemoved,omitempty"`
 	BlobsRemoved int `json:"blobsRemoved,omitempty"`
+	// ManifestsRemoved and ChunksRemoved count what chunk mode pruned.
+	ManifestsRemoved int `json:"manifestsRemoved,omitempty"`
+	ChunksRemoved    int `json:"chunksRemoved,omitempty"`
 }
 
 // ErrAlive: a path asked to be deleted is reachable from a root.
@@ -602,6 +606,58 @@ func (s *Store) sweepContent(res *GCResult) error {
 	}
 	n, freed := removeFiles(unnamed, func(string, *unix.Stat_t) bool { return true })
 	res.BlobsRemoved += n
+	res.Freed += freed
+	if s.chunks != nil {
+		return s.sweepChunks(named, res)
+	}
+	return nil
+}
+
+// sweepChunks (chunk mode, under the exclusive lock) removes the manifests
+// no valid tree names, then the chunks no remaining manifest lists.
+func (s *Store) sweepChunks(named map[cas.Key]bool, res *GCResult) error {
+	var unnamed []string
+	var kept []cas.Key
+	err := s.chunks.Manifests.Walk(func(k cas.Key, err error) error {
+		switch {
+		case err != nil:
+		case named[k]:
+			kept = append(kept, k)
+		default:
+			unnamed = append(unnamed, s.chunks.Manifests.Path(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	n, freed := removeFiles(unnamed, func(string, *unix.Stat_t) bool { return true })
+	res.ManifestsRemoved += n
+	res.Freed += freed
+	// A manifest that cannot be read keeps the collection from deciding
+	// which chunks are unused: it fails rather than guess.
+	used := map[cas.Key]bool{}
+	for _, k := range kept {
+		refs, err := chunk.ReadManifestFile(s.chunks.Manifests.Path(k), k, -1)
+		if err != nil {
+			return fmt.Errorf("gc: chunk sweep: %w", err)
+		}
+		for _, r := range refs {
+			used[r.Key] = true
+		}
+	}
+	unnamed = unnamed[:0]
+	err = s.chunks.Chunks.Walk(func(k cas.Key, err error) error {
+		if err == nil && !used[k] {
+			unnamed = append(unnamed, s.chunks.Chunks.Path(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	n, freed = removeFiles(unnamed, func(string, *unix.Stat_t) bool { return true })
+	res.ChunksRemoved += n
 	res.Freed += freed
 	return nil
 }

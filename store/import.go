@@ -179,16 +179,10 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 		if err != nil {
 			return err
 		}
-		k, err := nar.HashFile(n.exec, n.size, bytesReader(data))
-		if err != nil {
-			return err
-		}
-		n.key = k
-		if n.size == 0 {
-			return nil // empty files need no blob
-		}
-		_, err = it.batch.PutBytes(k, n.exec, data)
-		return err
+		return it.putData(n, data)
+	}
+	if it.chunks != nil {
+		return it.importChunked(n, nr, w)
 	}
 	bw, err := it.batch.NewWriter(n.exec, n.size)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/chunk"
 	"github.com/storefs/storefs/registry"
 )
 
@@ -28,7 +29,18 @@ const (
 	ModeBlob Mode = "blob"
 	// ModeDisk keeps items as real directories under <state>/store.
 	ModeDisk Mode = "disk"
+	// ModeChunk is blob mode with large files split by content-defined
+	// chunking (package chunk): each distinct chunk is stored once.
+	ModeChunk Mode = "chunk"
 )
+
+// trees reports whether items of this mode live as trees in the registry
+// (blob and chunk mode), presented by FUSE.
+func (m Mode) trees() bool { return m == ModeBlob || m == ModeChunk }
+
+// Mounted reports whether a store of this mode is presented through FUSE
+// (its items are trees in the registry, not real directories).
+func (m Mode) Mounted() bool { return m.trees() }
 
 // DefaultStoreDir is the logical store dir of a new store.
 const DefaultStoreDir = "/gnu/store"
@@ -89,6 +101,7 @@ type Store struct {
 	mode     Mode
 	reg      *registry.Registry
 	blobs    *cas.Blobs
+	chunks   *chunk.Areas // chunk mode: manifests and chunks
 	log      *slog.Logger
 
 	temp  *TempRoots // the process's default temp roots
@@ -136,16 +149,19 @@ func (s *Store) LinksMinSize() int64 { return s.linksMin }
 // Registry gives access to the registry (for the daemon and the mount).
 func (s *Store) Registry() *registry.Registry { return s.reg }
 
-// Blobs is the blob area (blob mode).
+// Blobs is the blob area (blob and chunk mode).
 func (s *Store) Blobs() *cas.Blobs { return s.blobs }
+
+// Chunks are the manifest and chunk areas (chunk mode; nil otherwise).
+func (s *Store) Chunks() *chunk.Areas { return s.chunks }
 
 // Init creates a store in state (which may exist but must not hold a store).
 func Init(state string, io InitOptions, opts Options) (*Store, error) {
 	if io.Mode == "" {
 		io.Mode = ModeBlob
 	}
-	if io.Mode != ModeBlob && io.Mode != ModeDisk {
-		return nil, fmt.Errorf("unknown mode %q (want blob or disk)", io.Mode)
+	if !io.Mode.trees() && io.Mode != ModeDisk {
+		return nil, fmt.Errorf("unknown mode %q (want blob, chunk or disk)", io.Mode)
 	}
 	if io.StoreDir == "" {
 		io.StoreDir = DefaultStoreDir
@@ -168,9 +184,12 @@ func Init(state string, io InitOptions, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("%s: %w", state, ErrExists)
 	}
 	dirs := []string{"tmp", "locks"}
-	if io.Mode == ModeBlob {
+	switch io.Mode {
+	case ModeBlob:
 		dirs = append(dirs, "blobs")
-	} else {
+	case ModeChunk:
+		dirs = append(dirs, "blobs", "manifests", "chunks")
+	default:
 		dirs = append(dirs, "store")
 	}
 	for _, d := range dirs {
@@ -230,7 +249,7 @@ func Open(state string, opts Options) (*Store, error) {
 	}
 	s := &Store{state: state, storeDir: reg.StoreDir(), mode: Mode(reg.Mode()), reg: reg, log: log}
 	s.syncs.cond = sync.NewCond(&s.syncs.mu)
-	if s.mode != ModeBlob && s.mode != ModeDisk {
+	if !s.mode.trees() && s.mode != ModeDisk {
 		return nil, fmt.Errorf("%s: registry records unknown mode %q", state, s.mode)
 	}
 	// Cleaning up after dead processes and making a staging dir happen under
@@ -246,6 +265,9 @@ func Open(state string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.blobs = cas.NewBlobs(s.blobDir())
+	if s.mode == ModeChunk {
+		s.chunks = chunk.NewAreas(filepath.Join(state, "manifests"), filepath.Join(state, "chunks"))
+	}
 	s.temp = &TempRoots{s: s, name: strconv.Itoa(os.Getpid())}
 	if s.mode == ModeDisk {
 		s.linksMin = cas.DefaultLinksMinSize

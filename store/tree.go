@@ -27,8 +27,11 @@ type node struct {
 	key  cas.Key // blob key of a regular file, when known
 	copy string  // where the file's bytes were written (disk mode staging copy or blob), for re-reading
 	data []byte  // a small file's bytes, held until the NAR hasher took them
-	done chan struct{}
-	err  error
+	// recheck: copy is the source itself, re-read by the NAR hasher, which
+	// checks that it still hashes to key
+	recheck bool
+	done    chan struct{}
+	err     error
 }
 
 // walkSource lstat-walks a source tree in NAR order. It refuses devices,

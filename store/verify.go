@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/storefs/storefs/cas"
+	"github.com/storefs/storefs/chunk"
 	"github.com/storefs/storefs/registry"
 )
 
@@ -32,10 +33,12 @@ type VerifyOptions struct {
 
 // VerifyReport lists what Verify found. Problems is empty for a sound store.
 type VerifyReport struct {
-	Paths    int      `json:"paths"`
-	Blobs    int      `json:"blobs,omitempty"`
-	Problems []string `json:"problems"`
-	Repaired []string `json:"repaired,omitempty"`
+	Paths     int      `json:"paths"`
+	Blobs     int      `json:"blobs,omitempty"`
+	Manifests int      `json:"manifests,omitempty"`
+	Chunks    int      `json:"chunks,omitempty"`
+	Problems  []string `json:"problems"`
+	Repaired  []string `json:"repaired,omitempty"`
 }
 
 // Verify checks the registry's invariants, that every valid path's contents
@@ -92,7 +95,17 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 			}
 		})
 	}
+	chunksSeen := map[cas.Key]bool{}
 	for k, n := range blobsNamed {
+		if s.chunks != nil && chunk.Chunked(n.size) {
+			if err := s.verifyManifestPresence(k, n.size, chunksSeen); err != nil {
+				for _, item := range users[k] {
+					gone[item] = true
+				}
+				problem("%s: was modified! %v", s.FullPath(n.item), err)
+			}
+			continue
+		}
 		st, err := os.Lstat(s.blobs.Path(k))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -142,33 +155,17 @@ func (s *Store) Verify(ctx context.Context, o VerifyOptions) (*VerifyReport, err
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	if s.mode == ModeBlob {
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(runtime.GOMAXPROCS(0))
-		err := s.blobs.Walk(func(k cas.Key, err error) error {
-			if err != nil {
-				problem("blob area: %v", err)
-				return nil
-			}
-			mu.Lock()
-			rep.Blobs++
-			mu.Unlock()
-			g.Go(func() error {
-				if gctx.Err() != nil {
-					return gctx.Err()
-				}
-				if err := s.blobs.Verify(k); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					problem("%v", err)
-				}
-				return nil
-			})
-			return nil
-		})
-		if werr := g.Wait(); err == nil {
-			err = werr
+	if s.mode.trees() {
+		areas := []contentArea{{"blob area", s.blobs, s.blobs.Verify, &rep.Blobs}}
+		if s.chunks != nil {
+			areas = append(areas,
+				contentArea{"manifest area", s.chunks.Manifests, s.verifyManifest, &rep.Manifests},
+				contentArea{"chunk area", s.chunks.Chunks, s.chunks.VerifyChunk, &rep.Chunks})
 		}
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, err
+		for _, a := range areas {
+			if err := verifyArea(ctx, a.area, a.verify, func() { mu.Lock(); *a.count++; mu.Unlock() }, a.name, problem); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if s.mode == ModeDisk {
@@ -251,6 +248,98 @@ func (s *Store) verifyLinks(ctx context.Context, repair bool, rep *VerifyReport,
 			continue
 		}
 		problem("link %s was modified! its content hashes to %s", p, cas.Key(sum))
+	}
+	return nil
+}
+
+// contentArea is one area of content files Verify checks by name.
+type contentArea struct {
+	name   string
+	area   *cas.Blobs
+	verify func(cas.Key) error
+	count  *int
+}
+
+// verifyArea checks the name of every file in a content area (blobs,
+// manifests or chunks) against its content, in parallel.
+func verifyArea(ctx context.Context, area *cas.Blobs, verify func(cas.Key) error, count func(), name string, problem func(string, ...any)) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	err := area.Walk(func(k cas.Key, err error) error {
+		if err != nil {
+			problem("%s: %v", name, err)
+			return nil
+		}
+		count()
+		g.Go(func() error {
+			if gctx.Err() != nil {
+				return gctx.Err()
+			}
+			if err := verify(k); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				problem("%v", err)
+			}
+			return nil
+		})
+		return nil
+	})
+	if werr := g.Wait(); err == nil {
+		err = werr
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// verifyManifestPresence checks that a chunked file's manifest is there and
+// decodes to its size, and that each of its chunks is there with its size
+// (chunks already checked, in seen, are skipped).
+func (s *Store) verifyManifestPresence(k cas.Key, size int64, seen map[cas.Key]bool) error {
+	refs, err := s.chunks.ReadManifest(k, size)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("manifest %s is missing", k)
+	}
+	if err != nil {
+		return err
+	}
+	for _, r := range refs {
+		if seen[r.Key] {
+			continue
+		}
+		seen[r.Key] = true
+		st, err := os.Lstat(s.chunks.Chunks.Path(r.Key))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return fmt.Errorf("chunk %s of %s is missing", r.Key, k)
+		case err != nil:
+			return err
+		case !st.Mode().IsRegular() || st.Size() != int64(r.Size):
+			return fmt.Errorf("chunk %s of %s has %d bytes, want %d", r.Key, k, st.Size(), r.Size)
+		}
+	}
+	return nil
+}
+
+// verifyManifest checks that the chunks a manifest lists hash, as a file
+// with the manifest's executable bit, to the manifest's name.
+func (s *Store) verifyManifest(k cas.Key) error {
+	p := s.chunks.Manifests.Path(k)
+	st, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
+	refs, err := chunk.ReadManifestFile(p, k, -1)
+	if err != nil {
+		return err
+	}
+	f := chunk.NewFile(refs, s.chunks.Chunks.Path)
+	defer f.Close()
+	sum, err := nar.HashFile(st.Mode()&0o100 != 0, f.Size(), f)
+	if err != nil {
+		return fmt.Errorf("manifest %s: %w", k, err)
+	}
+	if cas.Key(sum) != k {
+		return fmt.Errorf("manifest %s: %w (its chunks hash to %s)", k, cas.ErrKeyMismatch, cas.Key(sum))
 	}
 	return nil
 }

@@ -143,7 +143,7 @@ verify every NAR hash. The store is left in place for you to explore.`,
 			if len(rep.Problems) > 0 {
 				return problemsError{len(rep.Problems)}
 			}
-			if s.Mode() == store.ModeBlob {
+			if s.Mode().Mounted() {
 				if err := demoMount(g, s, hello); err != nil {
 					return err
 				}
@@ -152,7 +152,7 @@ verify every NAR hash. The store is left in place for you to explore.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob or disk")
+	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob, chunk (blob with large files split into content-defined chunks) or disk")
 	return cmd
 }
 
@@ -169,7 +169,7 @@ func demoMount(g *globals, s *store.Store, hello string) error {
 		return err
 	}
 	defer os.Remove(mp)
-	root := fs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), fs.Options{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Passthrough: os.Geteuid() == 0})
+	root := fs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), fs.Options{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Passthrough: os.Geteuid() == 0, Chunks: s.Chunks()})
 	srv, err := fs.Mount(mp, root, fs.MountOptions{})
 	if err != nil {
 		fmt.Fprintf(out, "\n(skipping the mount: %v)\n", err)

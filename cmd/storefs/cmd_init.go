@@ -40,15 +40,15 @@ store's life: the store dir is part of every store path's hash.
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob or disk")
+	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob, chunk (blob with large files split into content-defined chunks) or disk")
 	cmd.Flags().StringVar(&storeDir, "store-dir", store.DefaultStoreDir, "logical store dir (e.g. /gnu/store or /nix/store)")
 	cmd.Flags().Int64Var(&linksMin, "links-min-size", cas.DefaultLinksMinSize, "disk mode: files smaller than this are never hard-linked through .links (0 = all, as Nix)")
 	return cmd
 }
 
 func checkMode(mode string) error {
-	if m := store.Mode(mode); m != store.ModeBlob && m != store.ModeDisk {
-		return usagef("unknown mode %q (want blob or disk)", mode)
+	if m := store.Mode(mode); m != store.ModeBlob && m != store.ModeDisk && m != store.ModeChunk {
+		return usagef("unknown mode %q (want blob, chunk or disk)", mode)
 	}
 	return nil
 }

@@ -44,7 +44,7 @@ As root, file reads go straight from the kernel to the blob files
 				return err
 			}
 			defer s.Close()
-			if s.Mode() != store.ModeBlob {
+			if !s.Mode().Mounted() {
 				return fmt.Errorf("mount: %s holds a disk-mode store: its items are real directories already, under %s", s.StateDir(), s.RealStoreDir())
 			}
 			mp, note, err := fs.CheckMountpoint(args[0], s.StateDir(), o.allowNonempty)
@@ -63,6 +63,7 @@ As root, file reads go straight from the kernel to the blob files
 				UID:         uint32(os.Getuid()),
 				GID:         uint32(os.Getgid()),
 				Passthrough: !o.noPassthrough && os.Geteuid() == 0,
+				Chunks:      s.Chunks(),
 			})
 			s.OnChange(root.Changed)
 			srv, err := fs.Mount(mp, root, fs.MountOptions{AllowOther: o.allowOther, Debug: o.debug})
