@@ -72,7 +72,7 @@ func tree(t *testing.T) string {
 }
 
 func TestClientMirrorsStore(t *testing.T) {
-	for _, mode := range []store.Mode{store.ModeBlob, store.ModeDisk} {
+	for _, mode := range []store.Mode{store.ModeBlob, store.ModeDisk, store.ModeChunk} {
 		t.Run(string(mode), func(t *testing.T) {
 			s, c := serve(t, mode)
 			ctx := context.Background()

@@ -84,7 +84,13 @@ func scratchDir(t testing.TB) string {
 // as the mount command does.
 func newStore(t testing.TB) *store.Store {
 	t.Helper()
-	s, err := store.Init(filepath.Join(scratchDir(t), "state"), store.InitOptions{Mode: store.ModeBlob}, store.Options{})
+	return newStoreMode(t, store.ModeBlob)
+}
+
+// newStoreMode is newStore for a mode of its own (blob or chunk).
+func newStoreMode(t testing.TB, mode store.Mode) *store.Store {
+	t.Helper()
+	s, err := store.Init(filepath.Join(scratchDir(t), "state"), store.InitOptions{Mode: mode}, store.Options{})
 	if err != nil {
 		t.Fatalf("store.Init: %v", err)
 	}
@@ -136,6 +142,7 @@ func mountStoreWith(t testing.TB, s *store.Store, dir string, passthrough bool) 
 		UID:         uint32(os.Getuid()),
 		GID:         uint32(os.Getgid()),
 		Passthrough: passthrough,
+		Chunks:      s.Chunks(),
 	})
 	s.OnChange(root.Changed)
 	srv, err := sfs.Mount(dir, root, sfs.MountOptions{})

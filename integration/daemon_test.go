@@ -646,8 +646,9 @@ func TestDaemonKill9DuringAdd(t *testing.T) {
 	}
 	// the delays count from the moment the daemon starts on the add
 	delays := map[string][]time.Duration{
-		"blob": {200 * time.Millisecond, 450 * time.Millisecond},
-		"disk": {300 * time.Millisecond, 500 * time.Millisecond},
+		"blob":  {200 * time.Millisecond, 450 * time.Millisecond},
+		"disk":  {300 * time.Millisecond, 500 * time.Millisecond},
+		"chunk": {400 * time.Millisecond, 900 * time.Millisecond},
 	}
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) { kill9DuringAdd(t, mode, srcs, want, delays[mode]) })

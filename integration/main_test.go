@@ -27,8 +27,8 @@ var update = flag.Bool("update", false, "regenerate testdata/golden.json with th
 // flags the test binary itself was built with).
 var storefsBin string
 
-// modes are the two store modes every user-level test runs in.
-var modes = []string{"blob", "disk"}
+// modes are the store modes every user-level test runs in.
+var modes = []string{"blob", "disk", "chunk"}
 
 // storeDirs are the logical store dirs the path tests cover.
 var storeDirs = []string{"/gnu/store", "/nix/store"}

@@ -14,7 +14,7 @@ import (
 	"github.com/storefs/storefs/store"
 )
 
-var modes = []store.Mode{store.ModeBlob, store.ModeDisk}
+var modes = []store.Mode{store.ModeBlob, store.ModeDisk, store.ModeChunk}
 
 // newStore creates a store in a temp dir. Its cleanup checks the registry
 // invariants and, with contents, every NAR hash: every test leaves a sound
