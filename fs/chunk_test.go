@@ -3,9 +3,13 @@ package fs_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
 	"testing"
 
 	"github.com/storefs/storefs/cas"
@@ -115,3 +119,58 @@ func TestChunkModeMount(t *testing.T) {
 }
 
 func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
+
+// A chunked file held open stays readable after its item is collected, as a
+// blob does: the mount reports it in use, and the collection (run in the
+// process that owns the store, as the daemon socket of a mount makes it)
+// keeps its manifest and chunks until it is closed; the next one frees them.
+func TestChunkModeOpenFileOutlivesCollection(t *testing.T) {
+	requireFUSE(t)
+	s := newStoreMode(t, store.ModeChunk)
+	ctx := context.Background()
+	content := randBytes(21, 5<<20+3)
+	src := srcTree{t, filepath.Join(t.TempDir(), "held")}
+	src.file("data", content, 0o644)
+	tr := s.NewTempRoots()
+	p, err := s.Add(store.WithTempRoots(ctx, tr), src.dir, store.AddOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Close() // nothing roots the item now
+	m := mountStore(t, s)
+	f, err := os.Open(m.path(filepath.Base(p), "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, 100)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.CollectGarbage(ctx, store.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Deleted) != 1 || res.ChunksRemoved != 0 || res.ManifestsRemoved != 0 {
+		t.Fatalf("gc with the file open: deleted %v, %d chunks, %d manifests; want the item only", res.Deleted, res.ChunksRemoved, res.ManifestsRemoved)
+	}
+	must(t, unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED))
+	got := make([]byte, len(content))
+	for _, off := range []int{len(content) - 70000, 3 << 20, 0} {
+		n, err := f.ReadAt(got[off:min(off+300000, len(content))], int64(off))
+		if (err != nil && err != io.EOF) || !bytes.Equal(got[off:off+n], content[off:off+n]) {
+			t.Fatalf("read at %d after the collection: %d bytes, %v", off, n, err)
+		}
+	}
+	f.Close()
+	// the kernel releases the handle asynchronously
+	if !eventually(5*time.Second, func() bool { return len(m.root.InUse()) == 0 }) {
+		t.Fatal("the closed file is still reported in use")
+	}
+	res, err = s.CollectGarbage(ctx, store.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ManifestsRemoved != 1 || res.ChunksRemoved == 0 {
+		t.Errorf("gc after the close: %d manifests, %d chunks removed; want 1 and all", res.ManifestsRemoved, res.ChunksRemoved)
+	}
+}

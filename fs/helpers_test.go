@@ -145,6 +145,7 @@ func mountStoreWith(t testing.TB, s *store.Store, dir string, passthrough bool) 
 		Chunks:      s.Chunks(),
 	})
 	s.OnChange(root.Changed)
+	s.KeepInUse(root.InUse)
 	srv, err := sfs.Mount(dir, root, sfs.MountOptions{})
 	if err != nil {
 		s.OnChange(nil)
@@ -164,6 +165,7 @@ func mountStoreWith(t testing.TB, s *store.Store, dir string, passthrough bool) 
 func (m *mount) unmount() error {
 	m.once.Do(func() {
 		m.s.OnChange(nil)
+		m.s.KeepInUse(nil)
 		if err := sfs.Stop(m.srv, m.dir); err != nil {
 			m.err = fmt.Errorf("fs.Stop: %w", err)
 			return

@@ -157,12 +157,16 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return emptyFile{}, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	if c := f.root.o.Chunks; c != nil && chunk.Chunked(f.node.Size) {
-		cf, err := c.Open(cas.Key(f.node.Key), f.node.Size)
+		k := cas.Key(f.node.Key)
+		// held before the manifest is read: a collection from now on keeps it
+		f.root.holdOpen(k, 1)
+		cf, err := c.Open(k, f.node.Size)
 		if err != nil {
-			f.root.log.Error("storefs mount: open chunked file", "key", cas.Key(f.node.Key).String(), "err", err)
+			f.root.holdOpen(k, -1)
+			f.root.log.Error("storefs mount: open chunked file", "key", k.String(), "err", err)
 			return nil, 0, syscall.EIO
 		}
-		return &chunkedFile{f: cf}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+		return &chunkedFile{f: cf, root: f.root, key: k}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
 	b, err := os.Open(f.root.blobs.Path(cas.Key(f.node.Key)))
 	if err != nil {
@@ -205,10 +209,12 @@ func (b *blobFile) Release(ctx context.Context) syscall.Errno {
 
 // chunkedFile is an open chunked file (chunk mode): a read opens and reads
 // only the chunks it covers, keeping the last few open for the next read.
-// Unlike a blob, a chunked file held open while its item is collected stays
-// readable only for the chunks it holds open: the others fail with EIO.
+// While it is open, the root reports its key in use, so a collection run
+// through this process (the mount owns the store) keeps its chunks.
 type chunkedFile struct {
-	f *chunk.File
+	f    *chunk.File
+	root *Root
+	key  cas.Key
 }
 
 var (
@@ -226,6 +232,7 @@ func (c *chunkedFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 
 func (c *chunkedFile) Release(ctx context.Context) syscall.Errno {
 	c.f.Close()
+	c.root.holdOpen(c.key, -1)
 	return 0
 }
 

@@ -44,6 +44,32 @@ type Root struct {
 	dirs     *dirCache
 
 	notifyMu sync.Mutex
+
+	openMu  sync.Mutex
+	openNow map[cas.Key]int // chunked files held open, by key
+}
+
+// InUse lists the keys of the chunked files held open (for
+// store.KeepInUse: their chunks outlive a collection until closed).
+func (r *Root) InUse() []cas.Key {
+	r.openMu.Lock()
+	defer r.openMu.Unlock()
+	out := make([]cas.Key, 0, len(r.openNow))
+	for k := range r.openNow {
+		out = append(out, k)
+	}
+	return out
+}
+
+func (r *Root) holdOpen(k cas.Key, delta int) {
+	r.openMu.Lock()
+	defer r.openMu.Unlock()
+	if r.openNow == nil {
+		r.openNow = map[cas.Key]int{}
+	}
+	if r.openNow[k] += delta; r.openNow[k] <= 0 {
+		delete(r.openNow, k)
+	}
 }
 
 // NewRoot returns the root of a view of the store whose registry and blob

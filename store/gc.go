@@ -594,6 +594,11 @@ func (s *Store) sweepContent(res *GCResult) error {
 	if _, err := s.reg.SweepDirs(func(k registry.Digest) { named[cas.Key(k)] = true }); err != nil {
 		return err
 	}
+	if s.inUse != nil { // files a mount has open keep their content
+		for _, k := range s.inUse() {
+			named[k] = true
+		}
+	}
 	var unnamed []string
 	err = s.blobs.Walk(func(k cas.Key, err error) error {
 		if err == nil && !named[k] {

@@ -108,6 +108,7 @@ type Store struct {
 	syncs syncGroup
 
 	onChange func(added, removed []string) // see OnChange
+	inUse    func() []cas.Key              // see KeepInUse
 
 	// disk mode: `.links` deduplication
 	links    *cas.Links
@@ -142,6 +143,12 @@ func (s *Store) register(batch []registry.Registration) error {
 	}
 	return err
 }
+
+// KeepInUse sets a function giving the keys of files in use (held open by
+// a mount): a collection keeps their blobs, manifests and chunks, so that a
+// chunked file held open stays readable after its item is collected, as a
+// blob does through its descriptor. It must not block.
+func (s *Store) KeepInUse(fn func() []cas.Key) { s.inUse = fn }
 
 // LinksMinSize is the `.links` threshold of a disk-mode store.
 func (s *Store) LinksMinSize() int64 { return s.linksMin }

@@ -66,6 +66,7 @@ As root, file reads go straight from the kernel to the blob files
 				Chunks:      s.Chunks(),
 			})
 			s.OnChange(root.Changed)
+			s.KeepInUse(root.InUse)
 			srv, err := fs.Mount(mp, root, fs.MountOptions{AllowOther: o.allowOther, Debug: o.debug})
 			if err != nil {
 				return err
