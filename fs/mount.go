@@ -230,3 +230,24 @@ func Stop(srv *fuse.Server, mp string) error {
 	}
 	return nil
 }
+
+// DeviceProblem says why this process cannot use /dev/fuse ("" when it
+// can), naming the cause and the fix rather than leaving a user with
+// fusermount's exit status.
+func DeviceProblem() string {
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+		return ""
+	}
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "/dev/fuse does not exist: load the fuse module (modprobe fuse) or, in a container, pass the device in (--device /dev/fuse)"
+	case errors.Is(err, os.ErrPermission):
+		var st unix.Stat_t
+		if unix.Stat("/dev/fuse", &st) == nil {
+			return fmt.Sprintf("/dev/fuse is mode %04o, owned by uid %d: this user (uid %d) cannot open it; as root: chmod 0666 /dev/fuse (Debian's default)", st.Mode&0o7777, st.Uid, os.Geteuid())
+		}
+	}
+	return "/dev/fuse: " + err.Error()
+}

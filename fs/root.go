@@ -30,6 +30,11 @@ type Options struct {
 	// Chunks are the manifest and chunk areas of a chunk-mode store: its
 	// large files are read from their chunks (nil in blob mode).
 	Chunks *chunk.Areas
+	// Used, if set, is called with an item's base name before the kernel
+	// gets its entry (a lookup, or a listing that returns entries): storefs
+	// run temp-roots the items its command uses. It runs in the FUSE
+	// handler and must be quick.
+	Used func(base string)
 }
 
 // Root is the store directory: it lists the valid paths.
@@ -125,6 +130,9 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		}
 		return nil, r.errno("lookup "+name, err)
 	}
+	if r.o.Used != nil {
+		r.o.Used(pi.Path)
+	}
 	return r.child(ctx, &r.Inode, pi.Path, "", pi.Root, out), 0
 }
 
@@ -168,6 +176,9 @@ func (d *rootDir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno
 
 func (d *rootDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if pi := d.last; pi != nil && pi.Path == name {
+		if d.r.o.Used != nil {
+			d.r.o.Used(pi.Path)
+		}
 		return d.r.child(ctx, &d.r.Inode, pi.Path, "", pi.Root, out), 0
 	}
 	return d.r.Lookup(ctx, name, out)

@@ -114,9 +114,17 @@ func (r *tempRootReader) refresh() error {
 // runtimeRoots are the store paths running processes use: their exe, cwd,
 // open files and mappings, under the logical store dir (a mount) or the
 // real one (disk mode).
-func (s *Store) runtimeRoots() map[string]bool {
+func (s *Store) runtimeRoots() map[string]bool { return s.UsedBy(nil) }
+
+// UsedBy is runtimeRoots for the processes want accepts (all when nil),
+// also recognising store paths under the extra prefixes (the store dir as
+// a process outside a private mount namespace sees it).
+func (s *Store) UsedBy(want func(pid int) bool, extra ...string) map[string]bool {
 	out := map[string]bool{}
 	prefixes := []string{s.storeDir + "/", s.RealStoreDir() + "/"}
+	for _, e := range extra {
+		prefixes = append(prefixes, e+"/")
+	}
 	add := func(p string) {
 		for _, pre := range prefixes {
 			if rest, ok := strings.CutPrefix(p, pre); ok {
@@ -129,7 +137,8 @@ func (s *Store) runtimeRoots() map[string]bool {
 	}
 	pids, _ := os.ReadDir("/proc")
 	for _, d := range pids {
-		if _, err := strconv.Atoi(d.Name()); err != nil {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || want != nil && !want(pid) {
 			continue
 		}
 		dir := filepath.Join("/proc", d.Name())

@@ -352,6 +352,17 @@ func (s *Store) newStage() (*stage, error) {
 	return nil, errors.New("staging area: could not create a unique directory")
 }
 
+// NewScratch makes a private, empty staging dir for an operation of the
+// caller (storefs run builds a namespace's root on it). It exists until
+// release, or until a store is opened after this process died.
+func (s *Store) NewScratch() (dir string, release func(), err error) {
+	st, err := s.newStage()
+	if err != nil {
+		return "", nil, err
+	}
+	return st.dir, st.remove, nil
+}
+
 // remove deletes the staging dir, then its lock file.
 func (st *stage) remove() {
 	removeAll(st.dir)

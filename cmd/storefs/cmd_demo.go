@@ -200,11 +200,9 @@ func demoMount(g *globals, s *store.Store, hello string) error {
 
 // fuseUnavailable says why this process cannot mount, or "".
 func fuseUnavailable() string {
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		return "/dev/fuse: " + err.Error()
+	if why := fs.DeviceProblem(); why != "" {
+		return why
 	}
-	f.Close()
 	if os.Geteuid() != 0 {
 		if _, err := exec.LookPath("fusermount3"); err != nil {
 			if _, err := exec.LookPath("fusermount"); err != nil {

@@ -47,6 +47,9 @@ As root, file reads go straight from the kernel to the blob files
 			if !s.Mode().Mounted() {
 				return fmt.Errorf("mount: %s holds a disk-mode store: its items are real directories already, under %s", s.StateDir(), s.RealStoreDir())
 			}
+			if why := fs.DeviceProblem(); why != "" {
+				return fmt.Errorf("mount: %s", why)
+			}
 			mp, note, err := fs.CheckMountpoint(args[0], s.StateDir(), o.allowNonempty)
 			if err != nil {
 				return err

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/storefs/storefs/nsrun"
 	"github.com/storefs/storefs/store"
 )
 
@@ -128,6 +129,8 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 		newRootsCommand(g),
 		newGCCommand(g),
 		newDeleteCommand(g),
+		newRunCommand(g),
+		newShellCommand(g),
 	)
 	return root
 }
@@ -143,7 +146,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var ue usageError
 	var pe problemsError
+	var es exitStatus
 	switch {
+	case errors.As(err, &es): // storefs run: the command's own status
+		return es.code
 	case errors.As(err, &pe):
 		fmt.Fprintf(stderr, "storefs: %v\n", err)
 		return exitProblems
@@ -170,6 +176,9 @@ func isCobraUsage(err error) bool {
 }
 
 func main() {
+	if nsrun.IsStage() { // a stage of storefs run, inside its namespaces
+		os.Exit(nsrun.Stage())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if p := os.Getenv("STOREFS_CPUPROFILE"); p != "" { // for performance work
 		if f, err := os.Create(p); err == nil {
