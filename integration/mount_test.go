@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,6 +67,52 @@ func requireFUSE(t testing.TB) {
 		t.Fatalf("FUSE is required (STOREFS_TEST_FUSE=require) but not usable: %s", why)
 	}
 	t.Skipf("FUSE not usable here, skipping the mount test (set STOREFS_TEST_FUSE=require to make this a failure): %s", why)
+}
+
+// fuseForNobody makes sure user nobody (through prefix) can open
+// /dev/fuse. Where it is 0600 (containers; stock distributions make it
+// 0666) it skips, or with STOREFS_TEST_FUSE_CHMOD=1 makes it 0666 until the
+// last test that asked is done (tests asking run in parallel).
+func fuseForNobody(t *testing.T, prefix []string) {
+	t.Helper()
+	fuseChmod.Lock()
+	defer fuseChmod.Unlock()
+	if fuseChmod.users > 0 {
+		fuseChmod.users++
+		t.Cleanup(releaseFuseChmod)
+		return
+	}
+	if _, _, err := mountRun(10*time.Second, nil, prefix[0], append(slices.Clone(prefix[1:]), "sh", "-c", "exec 3<>/dev/fuse")...); err == nil {
+		return
+	}
+	fi, err := os.Stat("/dev/fuse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("STOREFS_TEST_FUSE_CHMOD") != "1" {
+		t.Skipf("user nobody cannot open /dev/fuse (mode %v here; stock distributions make it 0666): skipping; "+
+			"STOREFS_TEST_FUSE_CHMOD=1 lets this test make it 0666 while it runs", fi.Mode())
+	}
+	if err := os.Chmod("/dev/fuse", 0o666); err != nil {
+		t.Fatalf("chmod 0666 /dev/fuse: %v", err)
+	}
+	fuseChmod.old, fuseChmod.users = fi.Mode().Perm(), 1
+	t.Logf("made /dev/fuse 0666 (Debian's default) for the tests that run storefs as nobody (STOREFS_TEST_FUSE_CHMOD=1); restoring %v after the last", fuseChmod.old)
+	t.Cleanup(releaseFuseChmod)
+}
+
+var fuseChmod struct {
+	sync.Mutex
+	users int
+	old   os.FileMode
+}
+
+func releaseFuseChmod() {
+	fuseChmod.Lock()
+	defer fuseChmod.Unlock()
+	if fuseChmod.users--; fuseChmod.users == 0 {
+		os.Chmod("/dev/fuse", fuseChmod.old)
+	}
 }
 
 // mountProc is a running `storefs mount` process.
@@ -581,19 +628,7 @@ func TestMountAsNobody(t *testing.T) {
 		t.Skip("fusermount3 is not installed (apt-get install fuse3): a non-root mount needs it")
 	}
 	// fusermount3 opens /dev/fuse as the calling user
-	if _, _, err := mountRun(10*time.Second, nil, asNobody[0], append(slices.Clone(asNobody[1:]), "sh", "-c", "exec 3<>/dev/fuse")...); err != nil {
-		fi, _ := os.Stat("/dev/fuse")
-		if os.Getenv("STOREFS_TEST_FUSE_CHMOD") != "1" {
-			t.Skipf("user nobody cannot open /dev/fuse (mode %v here; stock distributions make it 0666): skipping; "+
-				"STOREFS_TEST_FUSE_CHMOD=1 lets this test make it 0666 while it runs", fi.Mode())
-		}
-		old := fi.Mode().Perm()
-		if err := os.Chmod("/dev/fuse", 0o666); err != nil {
-			t.Fatalf("chmod 0666 /dev/fuse: %v", err)
-		}
-		t.Logf("made /dev/fuse 0666 for this test (STOREFS_TEST_FUSE_CHMOD=1); restoring %v at cleanup", old)
-		t.Cleanup(func() { os.Chmod("/dev/fuse", old) })
-	}
+	fuseForNobody(t, asNobody)
 
 	home := nb.home
 	g := gen{t: t, r: newRNG(77)}

@@ -26,8 +26,8 @@ var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, sys
 // available, ...); the stages have then said why on stderr, or the error
 // does.
 func Run(c *Config) (int, error) {
-	self, err := os.Executable()
-	if err != nil {
+	var err error
+	if c.Self, err = self(); err != nil {
 		return 0, err
 	}
 	ready, readyW, err := os.Pipe()
@@ -35,9 +35,15 @@ func Run(c *Config) (int, error) {
 		return 0, err
 	}
 	defer ready.Close()
-	cmd := exec.Command(self, stageArg, "ns")
+	cmd := exec.Command(c.Self, stageArg, "ns")
 	cmd.Env = append(commandEnv(), c.env())
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if c.Stdout != nil {
+		cmd.Stdout = c.Stdout
+	}
+	if c.Stderr != nil {
+		cmd.Stderr = c.Stderr
+	}
 	cmd.ExtraFiles = []*os.File{readyW} // fd 3: closed by the command's start
 	attr := &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
 	if os.Geteuid() != 0 {

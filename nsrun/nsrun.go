@@ -30,7 +30,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 )
 
@@ -54,6 +57,23 @@ type Config struct {
 	GID      int      `json:"gid"`
 	Verbose  bool     `json:"verbose"`
 	NewRoot  string   `json:"newRoot"` // set by the namespace stage: the new root, or ""
+	Self     string   `json:"self"`    // this program, re-executed for the stages (Run sets it)
+
+	// Stdout and Stderr, if set, receive the command's output (default:
+	// this process's own descriptors, passed down).
+	Stdout, Stderr io.Writer `json:"-"`
+}
+
+// self is how to start this program again: argv[0] as the caller found it
+// (so that a multi-call binary, a test binary named storefs say, is
+// entered by the same name), else the executable's path.
+func self() (string, error) {
+	if p, err := exec.LookPath(os.Args[0]); err == nil {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs, nil
+		}
+	}
+	return os.Executable()
 }
 
 const (

@@ -73,12 +73,7 @@ func nsStage(c *Config) int {
 		stopContent = func() {}
 	}
 
-	self, err := os.Executable()
-	if err != nil {
-		stopContent()
-		return fail("%v", err)
-	}
-	cmd := exec.Command(self, stageArg, "init")
+	cmd := exec.Command(c.Self, stageArg, "init")
 	cmd.Env = append(commandEnv(), c.env())
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{os.NewFile(readyFD, "ready")}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"github.com/storefs/storefs/fs"
+	"github.com/storefs/storefs/nsrun"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,12 +149,45 @@ verify every NAR hash. The store is left in place for you to explore.`,
 					return err
 				}
 			}
+			if err := demoRun(g, s, hello); err != nil {
+				return err
+			}
 			fmt.Fprintf(out, "\nThe store is in %s; try: storefs --state %s ls\n", state, state)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob, chunk (blob with large files split into content-defined chunks) or disk")
 	return cmd
+}
+
+// demoRun shows the store at its store dir through storefs run, where
+// user namespaces (or root) and, for a mounted mode, FUSE allow it.
+func demoRun(g *globals, s *store.Store, hello string) error {
+	out := g.stdout
+	if why := fuseUnavailable(); why != "" && s.Mode().Mounted() {
+		fmt.Fprintf(out, "\n(skipping storefs run: %s)\n", why)
+		return nil
+	}
+	scratch, release, err := s.NewScratch()
+	if err != nil {
+		return err
+	}
+	defer release()
+	script := fmt.Sprintf("ls %s && %s/bin/hello", s.StoreDir(), hello)
+	fmt.Fprintf(out, "\n$ storefs run -- sh -c '%s'\n", script)
+	code, err := nsrun.Run(&nsrun.Config{
+		State: s.StateDir(), StoreDir: s.StoreDir(), Mode: string(s.Mode()), Scratch: scratch,
+		Argv: []string{"sh", "-c", script}, Dir: "/", UID: os.Getuid(), GID: os.Getgid(),
+		Stdout: out, Stderr: out,
+	})
+	if err != nil {
+		fmt.Fprintf(out, "(storefs run is not possible here: %v)\n", err)
+		return nil
+	}
+	if code != 0 {
+		return fmt.Errorf("demo: storefs run: exit status %d", code)
+	}
+	return nil
 }
 
 // demoMount mounts the demo store, shows it and unmounts it, when FUSE is

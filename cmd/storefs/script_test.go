@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/storefs/storefs/nsrun"
 )
 
 // TestMain makes the test binary double as the storefs command: scripts
@@ -26,6 +28,9 @@ import (
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"storefs": func() {
+			if nsrun.IsStage() {
+				os.Exit(nsrun.Stage())
+			}
 			if os.Getenv("STOREFS_TEST_DAEMON") == "1" {
 				ensureDaemon(os.Args[1:])
 			}
