@@ -123,6 +123,7 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 		newCatCommand(g),
 		newVerifyCommand(g),
 		newOptimiseCommand(g),
+		newCompareCommand(g),
 		newDemoCommand(g),
 		newDaemonCommand(g),
 		newMountCommand(g),
