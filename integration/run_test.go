@@ -266,9 +266,17 @@ func TestRunUnavailable(t *testing.T) {
 		t.Logf("%s: exit %d: %s", what, code, strings.TrimSpace(out.String()))
 		return out.String(), code
 	}
-	asNobody := strings.Join(append(slices.Clone(nb.prefix), nb.bin, "--state", state, "run", "--", "true"), " ")
+	runAs := func(state string) string {
+		return strings.Join(append(slices.Clone(nb.prefix), nb.bin, "--state", state, "run", "--", "true"), " ")
+	}
+	asNobody := runAs(state)
 
-	out, code := run("no user namespaces", "echo 0 > /proc/sys/user/max_user_namespaces && exec "+asNobody, syscall.CLONE_NEWUSER, true)
+	// A disk-mode store needs no FUSE, so the namespace is the only thing
+	// missing whatever mode /dev/fuse has on this machine.
+	diskState := filepath.Join(nb.home, "disk")
+	nb.chown()
+	nb.run("storefs init --mode disk", nb.cmd(diskState, "init", "--mode", "disk"))
+	out, code := run("no user namespaces", "echo 0 > /proc/sys/user/max_user_namespaces && exec "+runAs(diskState), syscall.CLONE_NEWUSER, true)
 	if code != 1 || !strings.Contains(out, "user.max_user_namespaces") || !strings.Contains(out, "sysctl -w user.max_user_namespaces=") {
 		t.Errorf("storefs run without user namespaces: exit %d, %q; want 1 and the setting named", code, out)
 	}
@@ -282,6 +290,7 @@ func TestRunUnavailable(t *testing.T) {
 		t.Errorf("storefs run with /dev/fuse 0600: exit %d, %q; want 1, the mode and the fix", code, out)
 	}
 	checkTmpEmpty(t, state)
+	checkTmpEmpty(t, diskState)
 }
 
 // TestRunAsRoot: root runs too (with a mount namespace only), in every mode.
