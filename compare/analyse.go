@@ -363,11 +363,13 @@ func (sc *scanned) estimate(s Strategy) Result {
 			case threshold < 0 || c.size < threshold:
 				u.add(roundup(c.size))
 				r.FilesStored++
+				r.StoredBytes += c.size
 			case !stored[c.key]:
 				stored[c.key] = true
 				u.add(roundup(c.size))
 				links.entry(keyLen)
 				r.FilesStored++
+				r.StoredBytes += c.size
 			}
 		}
 		if threshold >= 0 {
@@ -389,6 +391,7 @@ func (sc *scanned) estimate(s Strategy) Result {
 				// kept in the tree record
 			case s == Blob || !chunk.Chunked(c.size):
 				blobs.put(c.key.String(), roundup(c.size))
+				r.StoredBytes += c.size
 			default:
 				manifests.put(c.key.String(), roundup(chunk.ManifestSize(len(c.chunks))))
 				for _, ch := range c.chunks {
@@ -396,6 +399,7 @@ func (sc *scanned) estimate(s Strategy) Result {
 						seenChunk[ch.Key] = true
 						chunks.put(ch.Key.String(), roundup(int64(ch.Size)))
 						r.Chunks++
+						r.StoredBytes += int64(ch.Size)
 					}
 				}
 			}
@@ -412,5 +416,6 @@ func (sc *scanned) estimate(s Strategy) Result {
 		r.Inodes += u.Inodes
 	}
 	r.FilesDeduplicated = r.Files - r.FilesStored
+	r.DeduplicatedBytes = r.LogicalBytes - r.StoredBytes
 	return r
 }

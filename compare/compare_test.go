@@ -98,6 +98,24 @@ func TestBuildFigures(t *testing.T) {
 	if got, bound := m[Chunk].Areas["chunks"].Bytes, int64(1<<20+4*chunk.MaxSize); got > bound {
 		t.Errorf("chunk: big and big-ins take %d bytes in chunks/; want at most one file and four chunks, %d", got, bound)
 	}
+	// Stored bytes: the sizes of the distinct contents kept (chunk mode:
+	// the small files' and the chunks'), deduplicated the rest.
+	var chunkData int64
+	for _, size := range distinct {
+		chunkData += size
+	}
+	storedBytes := map[Strategy]int64{
+		None:      logical,
+		Links8192: logical - 2*20000,
+		Links0:    logical - 2*20000 - 5000,
+		Blob:      5000 + 2*20000 + 1<<20 + 1<<20 + 1,
+		Chunk:     5000 + 2*20000 + chunkData,
+	}
+	for _, r := range rs {
+		if r.StoredBytes != storedBytes[r.Strategy] || r.DeduplicatedBytes != logical-storedBytes[r.Strategy] {
+			t.Errorf("%s: %d bytes stored, %d deduplicated; want %d, %d", r.Strategy, r.StoredBytes, r.DeduplicatedBytes, storedBytes[r.Strategy], logical-storedBytes[r.Strategy])
+		}
+	}
 	if m[Chunk].DiskBytes >= m[Blob].DiskBytes {
 		t.Errorf("chunk: %d bytes on disk, not fewer than blob's %d", m[Chunk].DiskBytes, m[Blob].DiskBytes)
 	}
@@ -156,7 +174,8 @@ func TestBuildFigures(t *testing.T) {
 	}
 	for _, e := range est {
 		b := m[e.Strategy]
-		if !e.Estimated || e.Files != b.Files || e.LogicalBytes != b.LogicalBytes || e.FilesStored != b.FilesStored || e.FilesDeduplicated != b.FilesDeduplicated || e.Chunks != b.Chunks {
+		if !e.Estimated || e.Files != b.Files || e.LogicalBytes != b.LogicalBytes || e.FilesStored != b.FilesStored || e.FilesDeduplicated != b.FilesDeduplicated || e.Chunks != b.Chunks ||
+			e.StoredBytes != b.StoredBytes || e.DeduplicatedBytes != b.DeduplicatedBytes {
 			t.Errorf("%s: estimated %+v; want the built store's counts %+v", e.Strategy, e, b)
 		}
 		for a, u := range e.Areas {

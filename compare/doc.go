@@ -39,6 +39,14 @@
 // (Counting linked files by nlink would call every file of links-0
 // deduplicated, even a unique one: its .links entry makes nlink 2.)
 //
+// Stored bytes are the sizes (not the blocks) of the contents kept: the
+// distinct item inodes' in disk mode, the blobs' and the chunks' in blob
+// and chunk mode (a manifest is metadata, not content). Deduplicated bytes
+// are logical bytes minus stored bytes: for links-0 exactly what
+// `nix-store --optimise` reports freeing on the same items, symlinks aside
+// (Nix 2.8 links those too); for chunk mode they include the parts that
+// files share.
+//
 // Chunks are the files in chunks/ (chunk mode). Ratio is bytes on disk over
 // those of none (nil when none is not among the strategies). Metadata is
 // what indexes the data rather than holds it: registry.db, the whole

@@ -43,7 +43,7 @@ type sourceFacts struct {
 // strategy s, from a walk of the state dir (after the store was closed).
 func measure(state string, s Strategy, src sourceFacts, r *Result) error {
 	seen := map[inode]bool{}
-	items := map[inode]bool{} // disk mode: the items' regular files
+	items := map[inode]int64{} // disk mode: the items' regular files, their sizes
 	areas := map[string]Usage{}
 	var keys map[string]bool // blob, chunk: file keys stored as files
 	if s.mode() != store.ModeDisk {
@@ -69,10 +69,14 @@ func measure(state string, s Strategy, src sourceFacts, r *Result) error {
 		switch {
 		case keys != nil && reg && (area == "blobs" || area == "manifests"):
 			keys[d.Name()] = true
+			if area == "blobs" {
+				r.StoredBytes += fi.Size()
+			}
 		case keys != nil && reg && area == "chunks":
 			r.Chunks++
+			r.StoredBytes += fi.Size()
 		case keys == nil && reg && area == "store" && !strings.HasPrefix(rel, links+"/"):
-			items[inode{uint64(st.Dev), st.Ino}] = true
+			items[inode{uint64(st.Dev), st.Ino}] = fi.Size()
 		}
 		in := inode{uint64(st.Dev), st.Ino}
 		if seen[in] {
@@ -96,6 +100,9 @@ func measure(state string, s Strategy, src sourceFacts, r *Result) error {
 	r.Areas = areas
 	if keys == nil {
 		r.FilesStored = int64(len(items))
+		for _, size := range items {
+			r.StoredBytes += size
+		}
 	} else {
 		r.FilesStored = int64(len(keys))
 		for i, exec := range []bool{false, true} {
@@ -106,6 +113,7 @@ func measure(state string, s Strategy, src sourceFacts, r *Result) error {
 	}
 	r.Files, r.LogicalBytes = src.files, src.bytes
 	r.FilesDeduplicated = src.files - r.FilesStored
+	r.DeduplicatedBytes = src.bytes - r.StoredBytes
 	return nil
 }
 

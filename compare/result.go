@@ -12,6 +12,8 @@ type Result struct {
 	Inodes            int64    `json:"inodes"`
 	FilesStored       int64    `json:"filesStored"`
 	FilesDeduplicated int64    `json:"filesDeduplicated"`
+	StoredBytes       int64    `json:"storedBytes"`       // sizes of the distinct contents kept
+	DeduplicatedBytes int64    `json:"deduplicatedBytes"` // LogicalBytes - StoredBytes
 	Chunks            int64    `json:"chunks"`
 	Ratio             *float64 `json:"ratio"` // DiskBytes / DiskBytes of none; null without none
 	MetadataBytes     int64    `json:"metadataBytes"`

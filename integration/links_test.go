@@ -767,6 +767,87 @@ func nixLinksTree(shared [][]byte) func(g gen, p string) {
 	}
 }
 
+// nixOptimised is what `nix-store --optimise` did to an isolated Nix store
+// holding some items, from its output and its .links.
+type nixOptimised struct {
+	store              string // the Nix store dir
+	files              int    // files linked, as Nix printed
+	miB                string // MiB freed, as Nix printed (2 decimals)
+	regLinked          int    // of those files, the regular ones
+	symLinked          int    // and the symlinks (Nix 2.8 links them, storefs never)
+	regBytes, symBytes int64  // the bytes freed by each kind
+	entries            map[string]linksEntryInfo
+	reg                map[string]bool // the entries of regular files
+}
+
+// nixOptimise adds srcs to a fresh Nix store (auto-optimise off), checking
+// that each gets the store path in paths, runs `nix-store --optimise` and
+// accounts for what it reported freeing from its .links.
+func nixOptimise(t testing.TB, nix *nixEnv, srcs, paths []string) nixOptimised {
+	t.Helper()
+	root := tempDir(t)
+	url := storeURL(root, "/gnu/store")
+	no := nixOptimised{store: filepath.Join(root, "store"), reg: map[string]bool{}}
+	noAuto := []string{"--store", url, "--option", "auto-optimise-store", "false"}
+	for i, src := range srcs {
+		p := strings.TrimSpace(string(nix.run(nil, "nix-store", slices.Concat(noAuto, []string{"--add", src})...)))
+		if p != paths[i] {
+			t.Fatalf("nix-store --add %s = %s, storefs path gives %s", src, p, paths[i])
+		}
+	}
+	if n := len(linksRead(t, no.store)); n != 0 {
+		t.Fatalf("nix-store --add with auto-optimise-store false made %d .links entries", n)
+	}
+	_, stderr, err := nix.try(nil, "nix-store", slices.Concat(noAuto, []string{"--optimise"})...)
+	if err != nil {
+		t.Fatalf("nix-store --optimise: %v\nstderr:\n%s", err, stderr)
+	}
+	m := linksNixFreedRe.FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("nix-store --optimise printed no %q line:\n%s", linksNixFreedRe, stderr)
+	}
+	no.miB = m[1]
+	fmt.Sscan(m[2], &no.files)
+
+	// Nix's counts from its store. Every item file was its own inode after
+	// --add (a NAR cannot express hard links), and the optimise made each
+	// first file of a content the entry (link(file, entry): counted neither
+	// in filesLinked nor in the bytes freed) and replaced each later one by a
+	// link to it (counted, with its st_size: a symlink's is its target's
+	// length). So an entry with nlink n (itself and n-1 item files) stands for
+	// n-1 links made and n-2 files linked. That holds for the symlink entries
+	// too (Nix 2.8 links symlinks), which storefs never links: their n-2 are
+	// taken out of Nix's count, and their (n-2)*size out of its bytes.
+	no.entries = linksRead(t, no.store)
+	for name, e := range no.entries {
+		n := int(e.nlink) - 2
+		if n < 0 {
+			t.Errorf("Nix's .links/%s has nlink %d: not made from an item file", name, e.nlink)
+			continue
+		}
+		switch e.typ {
+		case syscall.S_IFREG:
+			no.regLinked += n
+			no.regBytes += int64(n) * e.size
+			no.reg[name] = true
+		case syscall.S_IFLNK:
+			no.symLinked += n
+			no.symBytes += int64(n) * e.size
+		default:
+			t.Errorf("Nix's .links/%s has type %#o", name, e.typ)
+		}
+	}
+	if no.regLinked+no.symLinked != no.files {
+		t.Errorf("Nix's .links accounts for %d regular files and %d symlinks linked, but Nix printed %d files", no.regLinked, no.symLinked, no.files)
+	}
+	if got := fmt.Sprintf("%.2f", float64(no.regBytes+no.symBytes)/(1<<20)); got != no.miB {
+		t.Errorf("Nix's .links accounts for %d + %d bytes (%s MiB), but Nix printed %s MiB", no.regBytes, no.symBytes, got, no.miB)
+	}
+	t.Logf("nix-store --optimise: %s MiB freed by hard-linking %d files (%d regular files, %d bytes; %d symlinks, %d bytes; %d entries, %d of regular files)",
+		no.miB, no.files, no.regLinked, no.regBytes, no.symLinked, no.symBytes, len(no.entries), len(no.reg))
+	return no
+}
+
 var linksNixFreedRe = regexp.MustCompile(`([0-9]+\.[0-9]{2}) MiB freed by hard-linking ([0-9]+) files`)
 
 // TestLinksMatchNixOptimise adds the same items to a storefs disk store
@@ -799,70 +880,9 @@ func TestLinksMatchNixOptimise(t *testing.T) {
 	linksAdd(t, state, []string{"--no-dedup"}, srcs, paths)
 	sf := linksOptimise(t, state)
 
-	// Nix
-	root := tempDir(t)
-	url := storeURL(root, "/gnu/store")
-	nixStore := filepath.Join(root, "store")
-	noAuto := []string{"--store", url, "--option", "auto-optimise-store", "false"}
-	for i, src := range srcs {
-		p := strings.TrimSpace(string(nix.run(nil, "nix-store", slices.Concat(noAuto, []string{"--add", src})...)))
-		if p != paths[i] {
-			t.Fatalf("nix-store --add %s = %s, storefs path gives %s", src, p, paths[i])
-		}
-	}
-	if n := len(linksRead(t, nixStore)); n != 0 {
-		t.Fatalf("nix-store --add with auto-optimise-store false made %d .links entries", n)
-	}
-	_, stderr, err := nix.try(nil, "nix-store", slices.Concat(noAuto, []string{"--optimise"})...)
-	if err != nil {
-		t.Fatalf("nix-store --optimise: %v\nstderr:\n%s", err, stderr)
-	}
-	m := linksNixFreedRe.FindStringSubmatch(stderr)
-	if m == nil {
-		t.Fatalf("nix-store --optimise printed no %q line:\n%s", linksNixFreedRe, stderr)
-	}
-	nixMiB, nixFiles := m[1], 0
-	fmt.Sscan(m[2], &nixFiles)
-
-	// Nix's counts from its store. Every item file was its own inode after
-	// --add (a NAR cannot express hard links), and the optimise made each
-	// first file of a content the entry (link(file, entry): counted neither
-	// in filesLinked nor in the bytes freed) and replaced each later one by a
-	// link to it (counted, with its st_size: a symlink's is its target's
-	// length). So an entry with nlink n (itself and n-1 item files) stands for
-	// n-1 links made and n-2 files linked. That holds for the symlink entries
-	// too (Nix 2.8 links symlinks), which storefs never links: their n-2 are
-	// taken out of Nix's count, and their (n-2)*size out of its bytes.
-	nixEntries := linksRead(t, nixStore)
-	var regLinked, symLinked int
-	var regBytes, symBytes int64
-	nixReg := map[string]bool{}
-	for name, e := range nixEntries {
-		n := int(e.nlink) - 2
-		if n < 0 {
-			t.Errorf("Nix's .links/%s has nlink %d: not made from an item file", name, e.nlink)
-			continue
-		}
-		switch e.typ {
-		case syscall.S_IFREG:
-			regLinked += n
-			regBytes += int64(n) * e.size
-			nixReg[name] = true
-		case syscall.S_IFLNK:
-			symLinked += n
-			symBytes += int64(n) * e.size
-		default:
-			t.Errorf("Nix's .links/%s has type %#o", name, e.typ)
-		}
-	}
-	if regLinked+symLinked != nixFiles {
-		t.Errorf("Nix's .links accounts for %d regular files and %d symlinks linked, but Nix printed %d files", regLinked, symLinked, nixFiles)
-	}
-	if got := fmt.Sprintf("%.2f", float64(regBytes+symBytes)/(1<<20)); got != nixMiB {
-		t.Errorf("Nix's .links accounts for %d + %d bytes (%s MiB), but Nix printed %s MiB", regBytes, symBytes, got, nixMiB)
-	}
-	t.Logf("nix-store --optimise: %s MiB freed by hard-linking %d files (%d regular files, %d bytes; %d symlinks, %d bytes; %d entries, %d of regular files)",
-		nixMiB, nixFiles, regLinked, regBytes, symLinked, symBytes, len(nixEntries), len(nixReg))
+	no := nixOptimise(t, nix, srcs, paths)
+	nixFiles, nixMiB, symLinked, regBytes, symBytes := no.files, no.miB, no.symLinked, no.regBytes, no.symBytes
+	nixStore, nixEntries, nixReg := no.store, no.entries, no.reg
 	t.Logf("storefs optimise: %+v", sf)
 
 	if sf.Linked != nixFiles-symLinked {

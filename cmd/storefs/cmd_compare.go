@@ -24,8 +24,9 @@ func newCompareCommand(g *globals) *cobra.Command {
 		Long: `Add every PATH (each one store item, as 'storefs add' does) to one fresh store
 per strategy and print one row per strategy: the sources' logical bytes, the
 store's bytes on disk (allocated blocks over its whole state dir, hard links
-once, as du counts them), its inodes, the files stored (distinct contents)
-and deduplicated (the other files), the ratio of bytes on disk to none's, the
+once, as du counts them) and their ratio to none's, its inodes, the files
+stored (distinct contents) and deduplicated (the other files), the bytes
+deduplicated (logical bytes less the sizes of the contents kept), the
 metadata (registry, chunk manifests, the .links directory) and the time the
 adds took.
 
@@ -141,7 +142,7 @@ func printCompareTable(w io.Writer, res []compare.Result) error {
 		width = max(width, len(r.Strategy))
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%-*s\tlogical\ton disk\tinodes\tstored\tdeduplicated\tratio\tmetadata\ttime\t\n", width, "strategy")
+	fmt.Fprintf(tw, "%-*s\tlogical\ton disk\tratio\tinodes\tfiles stored\tdedup files\tdedup bytes\tmetadata\ttime\t\n", width, "strategy")
 	for _, r := range res {
 		ratio, took := "-", "-"
 		if r.Ratio != nil {
@@ -150,8 +151,8 @@ func printCompareTable(w io.Writer, res []compare.Result) error {
 		if !r.Estimated {
 			took = strconv.FormatFloat(r.BuildSeconds, 'f', 2, 64) + "s"
 		}
-		fmt.Fprintf(tw, "%-*s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t\n", width, r.Strategy, humanBytes(r.LogicalBytes), humanBytes(r.DiskBytes),
-			r.Inodes, r.FilesStored, r.FilesDeduplicated, ratio, humanBytes(r.MetadataBytes), took)
+		fmt.Fprintf(tw, "%-*s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t\n", width, r.Strategy, humanBytes(r.LogicalBytes), humanBytes(r.DiskBytes), ratio,
+			r.Inodes, r.FilesStored, r.FilesDeduplicated, humanBytes(r.DeduplicatedBytes), humanBytes(r.MetadataBytes), took)
 	}
 	return tw.Flush()
 }
