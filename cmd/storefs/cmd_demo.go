@@ -1,10 +1,9 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
-	"github.com/storefs/storefs/fs"
-	"github.com/storefs/storefs/nsrun"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/storefs/storefs/compare"
+	"github.com/storefs/storefs/fs"
+	"github.com/storefs/storefs/nsrun"
 	"github.com/storefs/storefs/store"
 )
 
@@ -144,6 +146,9 @@ verify every NAR hash. The store is left in place for you to explore.`,
 			if len(rep.Problems) > 0 {
 				return problemsError{len(rep.Problems)}
 			}
+			if err := demoCompare(g, src, exe, pkg, notes); err != nil {
+				return err
+			}
 			if s.Mode().Mounted() {
 				if err := demoMount(g, s, hello); err != nil {
 					return err
@@ -158,6 +163,40 @@ verify every NAR hash. The store is left in place for you to explore.`,
 	}
 	cmd.Flags().StringVar(&mode, "mode", string(store.ModeBlob), "blob, chunk (blob with large files split into content-defined chunks) or disk")
 	return cmd
+}
+
+// demoCompare compares the strategies on the sample items and two
+// versions of a "library" (the first MiB of the storefs binary, then the
+// same with one byte inserted in its middle, as a rebuild changes a
+// little): the content-defined chunks of chunk mode share most of the two.
+func demoCompare(g *globals, src, exe string, items ...string) error {
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		return err
+	}
+	b = b[:min(len(b), 1<<20)]
+	v2 := append(append(append([]byte{}, b[:len(b)/2]...), '!'), b[len(b)/2:]...)
+	paths := items
+	for _, v := range []struct {
+		name string
+		data []byte
+	}{{"libhello-1.0", b}, {"libhello-1.1", v2}} {
+		dir := filepath.Join(src, v.name, "lib")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "libhello.so"), v.data, 0o755); err != nil {
+			return err
+		}
+		paths = append(paths, filepath.Dir(dir))
+	}
+	out := g.stdout
+	fmt.Fprintf(out, "\n$ storefs compare %s\n", strings.Join(paths, " "))
+	res, err := compare.Build(context.Background(), paths, compare.Options{Logger: g.log})
+	if err != nil {
+		return err
+	}
+	return printCompareTable(out, res)
 }
 
 // demoRun shows the store at its store dir through storefs run, where
