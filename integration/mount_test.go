@@ -1149,3 +1149,51 @@ func mountCheckFind(t *testing.T, src, item string) {
 		t.Errorf("... %d entries differ in all", bad)
 	}
 }
+
+// TestMountUnmountedFromOutside: after `umount MP` from outside, storefs
+// mount exits 0 and says so, without unmounting MP again: a mount made at MP
+// in the meantime (here a tmpfs, while storefs was stopped) stays mounted.
+func TestMountUnmountedFromOutside(t *testing.T) {
+	requireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("mounting the tmpfs that takes the mountpoint's place needs root")
+	}
+	t.Parallel()
+	g := gen{t: t, r: newRNG(7)}
+	src := filepath.Join(tempDir(t), "outside-item")
+	g.file(filepath.Join(src, "f"), []byte("f\n"), false)
+	state, _ := mountBlobStore(t, src)
+	m := startMount(t, state, filepath.Join(tempDir(t), "mnt"))
+	m.waitServing(t)
+
+	// Stopped, storefs cannot act between the unmount and the new mount.
+	if err := m.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// umount2 itself: umount(8) would stat the mountpoint, a request the
+	// stopped server never answers
+	if err := syscall.Unmount(m.mp, 0); err != nil {
+		m.cmd.Process.Signal(syscall.SIGCONT)
+		t.Fatalf("umount %s: %v", m.mp, err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "storefs-test-tmpfs", m.mp).CombinedOutput(); err != nil {
+		m.cmd.Process.Signal(syscall.SIGCONT)
+		t.Fatalf("mount tmpfs at %s: %v: %s", m.mp, err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", m.mp).Run() })
+	m.cmd.Process.Signal(syscall.SIGCONT)
+
+	if !m.waitExit(mountStopTimeout) {
+		t.Fatalf("storefs mount still running %v after its mount was unmounted from outside; stderr:\n%s", mountStopTimeout, m.stderr.String())
+	}
+	if code := m.exitCode(); code != 0 || !strings.Contains(m.stderr.String(), "was unmounted from outside") {
+		t.Errorf("storefs mount exited %d after an unmount from outside, want 0 and a line saying so; stderr:\n%s", code, m.stderr.String())
+	}
+	tmpfs := false
+	for _, e := range mountEntries(t, m.mp) {
+		tmpfs = tmpfs || e.fstype == "tmpfs"
+	}
+	if !tmpfs {
+		t.Errorf("the tmpfs mounted at %s after storefs's mount went is gone: storefs unmounted a mount not its own (mountinfo: %v)", m.mp, mountEntries(t, m.mp))
+	}
+}

@@ -92,14 +92,18 @@ As root, file reads go straight from the kernel to the blob files
 			go func() { srv.Wait(); close(unmounted) }()
 			select {
 			case <-ctx.Done():
-			case <-unmounted: // someone ran fusermount -u
+				err = fs.Stop(srv, mp)
+				if err == nil {
+					fmt.Fprintf(g.stderr, "storefs mount: unmounted %s\n", mp)
+				}
+			case <-unmounted:
+				// Someone ran umount or fusermount -u: the mount is gone
+				// already, and unmounting mp again could take down another
+				// mount made there since (a new storefs mount).
 				cancel()
+				fmt.Fprintf(g.stderr, "storefs mount: %s was unmounted from outside\n", mp)
 			}
-			err = fs.Stop(srv, mp)
 			wg.Wait()
-			if err == nil {
-				fmt.Fprintf(g.stderr, "storefs mount: unmounted %s\n", mp)
-			}
 			return errors.Join(err, serveErr)
 		},
 	}

@@ -167,8 +167,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func isCobraUsage(err error) bool {
+	var errno syscall.Errno
+	if errors.As(err, &errno) { // EINVAL's text is "invalid argument" too
+		return false
+	}
 	msg := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "accepts ", "requires at least", "requires exactly", "invalid argument"} {
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "accepts ", "requires at least", "requires exactly", "invalid argument \""} {
 		if strings.Contains(msg, p) {
 			return true
 		}
