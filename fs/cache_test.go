@@ -1,15 +1,18 @@
 package fs_test
 
 import (
+	"context"
 	"os"
+	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	sfs "github.com/storefs/storefs/fs"
+	"github.com/storefs/storefs/store"
 )
 
 // countingFS counts the requests the kernel sends.
@@ -56,6 +59,16 @@ func (c *countingFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *f
 	return c.RawFileSystem.ReadDirPlus(cancel, in, out)
 }
 
+func (c *countingFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	c.count("opendir", "")
+	return c.RawFileSystem.OpenDir(cancel, in, out)
+}
+
+func (c *countingFS) ReleaseDir(in *fuse.ReleaseIn) {
+	c.count("releasedir", "")
+	c.RawFileSystem.ReleaseDir(in)
+}
+
 func (c *countingFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	c.count("read", "")
 	return c.RawFileSystem.Read(cancel, in, buf)
@@ -74,7 +87,7 @@ func mountCounting(t *testing.T, fx *fixture) (*mount, *countingFS) {
 	s := fx.s
 	root := sfs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), sfs.Options{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())})
 	opts := sfs.FuseOptions(root, sfs.MountOptions{})
-	c := &countingFS{RawFileSystem: gofs.NewNodeFS(root, opts), lookups: map[string]int{}, ops: map[string]int{}}
+	c := &countingFS{RawFileSystem: sfs.RawFS(root, opts), lookups: map[string]int{}, ops: map[string]int{}}
 	dir := t.TempDir()
 	srv, err := fuse.NewServer(c, dir, &opts.MountOptions)
 	if err != nil {
@@ -82,7 +95,9 @@ func mountCounting(t *testing.T, fx *fixture) (*mount, *countingFS) {
 	}
 	go srv.Serve()
 	m := &mount{dir: dir, root: root, srv: srv, s: s}
+	s.OnChange(root.Changed)
 	t.Cleanup(func() {
+		s.OnChange(nil)
 		if err := m.unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
 		}
@@ -147,7 +162,25 @@ func TestKernelCaching(t *testing.T) {
 		}
 	})
 
-	t.Run("RootNotCached", func(t *testing.T) {
+	// Directories are opened without OPENDIR (noOpendir): the first one
+	// answers ENOSYS and the kernel never asks again, nor sends RELEASEDIR.
+	t.Run("NoOpendir", func(t *testing.T) {
+		for range 3 {
+			if _, err := walkAll(m.path(tree), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := c.get("opendir"); n > 1 {
+			t.Errorf("3 walks of an item: %d opendir requests, want at most 1 (the first, answered ENOSYS)", n)
+		}
+		if n := c.get("releasedir"); n != 0 {
+			t.Errorf("3 walks of an item: %d releasedir requests, want 0", n)
+		}
+	})
+
+	// The root's misses are never cached; its listing is, until the root
+	// changes: Changed drops it before an add returns.
+	t.Run("RootListingUntilChange", func(t *testing.T) {
 		const missing = "00000000000000000000000000000000-missing"
 		for range 3 {
 			if _, err := os.Lstat(m.path(missing)); err == nil {
@@ -157,11 +190,29 @@ func TestKernelCaching(t *testing.T) {
 		if n := c.lookupsOf(missing); n != 3 {
 			t.Errorf("3 lstats of a missing path in the root: %d lookups, want 3 (misses in the root must not be cached)", n)
 		}
-		sortedNames(t, m.dir)
+		first := sortedNames(t, m.dir)
 		before := c.get("readdir")
-		sortedNames(t, m.dir)
+		if again := sortedNames(t, m.dir); !slices.Equal(again, first) {
+			t.Fatalf("root listed %v, then %v", first, again)
+		}
+		if n := c.get("readdir") - before; n != 0 {
+			t.Errorf("listing the unchanged root again: %d readdir requests, want 0 (cached)", n)
+		}
+		src := filepath.Join(t.TempDir(), "late")
+		if err := os.WriteFile(src, []byte("late\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p, err := fx.s.Add(context.Background(), src, store.AddOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = c.get("readdir")
+		after := sortedNames(t, m.dir)
+		if !slices.Contains(after, filepath.Base(p)) || len(after) != len(first)+1 {
+			t.Errorf("root listed %v after adding %s (before: %v)", after, p, first)
+		}
 		if n := c.get("readdir") - before; n == 0 {
-			t.Errorf("listing the root again sent no readdir: the root listing is cached")
+			t.Errorf("listing the root after an add sent no readdir")
 		}
 	})
 

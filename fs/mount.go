@@ -28,11 +28,22 @@ type MountOptions struct {
 // Mount mounts root at mountpoint, read-only, nosuid, nodev. The caller
 // checks the mountpoint first (CheckMountpoint).
 func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error) {
-	srv, err := gofs.Mount(mountpoint, root, FuseOptions(root, mo))
+	opts := FuseOptions(root, mo)
+	srv, err := fuse.NewServer(RawFS(root, opts), mountpoint, &opts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
 	return srv, nil
+}
+
+// RawFS is the file system Mount serves: go-fuse's node bridge for root,
+// with directories opened by the kernel without an OPENDIR (noOpendir).
+func RawFS(root *Root, opts *gofs.Options) fuse.RawFileSystem {
+	return newNoOpendir(gofs.NewNodeFS(root, opts))
 }
 
 // FuseOptions are the go-fuse options Mount uses (for callers that build

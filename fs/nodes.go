@@ -3,8 +3,8 @@ package fs
 import (
 	"context"
 	"io"
-	"os"
 	"sort"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -154,7 +154,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return nil, 0, syscall.EROFS
 	}
 	if f.node.Size == 0 {
-		return emptyFile{}, fuse.FOPEN_KEEP_CACHE, 0
+		return emptyFile{}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
 	if c := f.root.o.Chunks; c != nil && chunk.Chunked(f.node.Size) {
 		k := cas.Key(f.node.Key)
@@ -168,20 +168,23 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 		return &chunkedFile{f: cf, root: f.root, key: k}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
-	b, err := os.Open(f.root.blobs.Path(cas.Key(f.node.Key)))
+	b, err := f.root.fds.get(cas.Key(f.node.Key))
 	if err != nil {
 		// a valid item whose blob is gone is a damaged store, not a missing name
 		f.root.log.Error("storefs mount: open blob", "key", cas.Key(f.node.Key).String(), "err", err)
 		return nil, 0, syscall.EIO
 	}
-	return &blobFile{f: b, passthrough: f.root.o.Passthrough}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	return &blobFile{b: b, fds: f.root.fds, passthrough: f.root.o.Passthrough}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // blobFile is an open blob: the kernel reads it directly (passthrough) or
-// we splice from its descriptor. A blob collected while open stays readable
+// we splice from its descriptor (shared with the other open files of the
+// same blob, blobfds.go). A blob collected while open stays readable
 // through it.
 type blobFile struct {
-	f           *os.File
+	b           *blobFD
+	fds         *blobFDs
+	once        sync.Once
 	passthrough bool
 }
 
@@ -192,18 +195,18 @@ var (
 )
 
 func (b *blobFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return fuse.ReadResultFd(b.f.Fd(), off, len(dest)), 0
+	return fuse.ReadResultFd(uintptr(b.b.fd), off, len(dest)), 0
 }
 
 func (b *blobFile) PassthroughFd() (int, bool) {
 	if !b.passthrough {
 		return 0, false
 	}
-	return int(b.f.Fd()), true
+	return b.b.fd, true
 }
 
 func (b *blobFile) Release(ctx context.Context) syscall.Errno {
-	b.f.Close()
+	b.once.Do(func() { b.fds.put(b.b) })
 	return 0
 }
 

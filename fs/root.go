@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/chunk"
@@ -47,6 +49,7 @@ type Root struct {
 	o        Options
 	log      *slog.Logger
 	dirs     *dirCache
+	fds      *blobFDs
 
 	notifyMu sync.Mutex
 
@@ -77,6 +80,10 @@ func (r *Root) holdOpen(k cas.Key, delta int) {
 	}
 }
 
+// idleBlobFDs is how many blob descriptors the mount keeps open for files
+// no process has open (blobfds.go).
+const idleBlobFDs = 1024
+
 // NewRoot returns the root of a view of the store whose registry and blob
 // area are given.
 func NewRoot(reg *registry.Registry, blobs *cas.Blobs, storeDir string, o Options) *Root {
@@ -87,7 +94,7 @@ func NewRoot(reg *registry.Registry, blobs *cas.Blobs, storeDir string, o Option
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Root{reg: reg, blobs: blobs, storeDir: storeDir, o: o, log: log, dirs: newDirCache(8192)}
+	return &Root{reg: reg, blobs: blobs, storeDir: storeDir, o: o, log: log, dirs: newDirCache(8192), fds: newBlobFDs(blobs, idleBlobFDs)}
 }
 
 var (
@@ -198,18 +205,47 @@ type rootStream struct {
 	after string
 	done  bool
 	err   syscall.Errno
-	off   uint64 // entries returned so far (the offset of the next one)
 }
 
 var _ gofs.FileSeekdirer = (*rootStream)(nil)
 
-// Seekdir restarts the listing and skips to entry off (rewinddir, seekdir).
+// Root listing offsets (d_off, telldir cookies) are not positions but the
+// entries' names: rootOff maps a base name's first 12 nix32 characters (60
+// bits of its hash) to a number in the same order. So an offset means the
+// same entry after items were added or collected, and a listing resumed at
+// an offset (seekdir, or the kernel re-reading the root after its cached
+// listing was dropped mid-way) continues after that entry, without
+// duplicates or gaps, however many items came or went before it.
+const offChars = 12
+
+func rootOff(name string) uint64 {
+	var v uint64
+	for i := range offChars {
+		d := 0
+		if i < len(name) {
+			d = max(strings.IndexByte(nixbase32.Alphabet, name[i]), 0)
+		}
+		v = v<<5 | uint64(d)
+	}
+	return v + 1 // 0 is the start
+}
+
+// afterOff is the Page cursor of the entries after the one at off.
+func afterOff(off uint64) string {
+	v := off - 1
+	b := make([]byte, offChars, offChars+1)
+	for i := offChars - 1; i >= 0; i-- {
+		b[i] = nixbase32.Alphabet[v&31]
+		v >>= 5
+	}
+	return string(append(b, 0xff)) // past every name with that prefix
+}
+
+// Seekdir restarts the listing after the entry at off (rewinddir: 0).
 func (s *rootStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	*s = rootStream{r: s.r}
-	for s.off < off && s.HasNext() {
-		if _, errno := s.Next(); errno != 0 {
-			return errno
-		}
+	if off > 0 {
+		s.after = afterOff(off)
 	}
 	return 0
 }
@@ -248,9 +284,8 @@ func (s *rootStream) Next() (fuse.DirEntry, syscall.Errno) {
 	}
 	pi := s.page[s.i]
 	s.i++
-	s.off++
 	mode, ino, _ := nodeIdentity(pi.Path, "", pi.Root)
-	return fuse.DirEntry{Name: pi.Path, Mode: mode, Ino: ino, Off: s.off}, 0
+	return fuse.DirEntry{Name: pi.Path, Mode: mode, Ino: ino, Off: rootOff(pi.Path)}, 0
 }
 
 func (s *rootStream) Close() {}
@@ -285,6 +320,14 @@ func (r *Root) errno(op string, err error) syscall.Errno {
 func (r *Root) Changed(added, removed []string) {
 	if len(added) == 0 && len(removed) == 0 {
 		return
+	}
+	// The kernel caches the root's listing (noOpendir): drop it now, so
+	// that a listing after the add or collection returns sees the change.
+	// (Called from the store's goroutines, never from a FUSE handler;
+	// before the mount is served it fails and does not matter.)
+	r.NotifyContent(0, 0)
+	if len(removed) > 0 {
+		r.fds.dropIdle() // a collection: let the blobs it deletes go
 	}
 	go func() {
 		r.notifyMu.Lock()

@@ -1197,3 +1197,60 @@ func TestMountUnmountedFromOutside(t *testing.T) {
 		t.Errorf("the tmpfs mounted at %s after storefs's mount went is gone: storefs unmounted a mount not its own (mountinfo: %v)", m.mp, mountEntries(t, m.mp))
 	}
 }
+
+// TestMountCollectedThenReadded: with the mount's long kernel timeouts (an
+// hour) and its cached root listing, an item deleted through the mount's
+// daemon is gone from lookups and listings within a second, and added
+// again it is listed and read back with its contents.
+func TestMountCollectedThenReadded(t *testing.T) {
+	requireFUSE(t)
+	t.Parallel()
+	g := gen{t: t, r: newRNG(77)}
+	dir := tempDir(t)
+	keep := filepath.Join(dir, "kept-item")
+	g.file(filepath.Join(keep, "k"), []byte("kept\n"), false)
+	state, _ := mountBlobStore(t, keep)
+	m := startMount(t, state, filepath.Join(tempDir(t), "mnt"))
+	m.waitServing(t)
+
+	src := filepath.Join(dir, "again-item")
+	data := g.r.bytes(200 << 10)
+	g.file(filepath.Join(src, "bin", "data"), data, true)
+	p := strings.TrimSpace(string(mustStorefs(t, state, "add", src).stdout))
+	base := filepath.Base(p)
+	file := filepath.Join(m.mp, base, "bin", "data")
+	for range 2 { // entries, attributes, data and the listing now cached
+		if b, err := os.ReadFile(file); err != nil || !bytes.Equal(b, data) {
+			t.Fatalf("reading %s: %v", file, err)
+		}
+		if !slices.Contains(mountReadDirNames(t, m.mp), base) {
+			t.Fatalf("ls %s lacks %s", m.mp, base)
+		}
+	}
+
+	mustStorefs(t, state, "delete", p)
+	start := time.Now()
+	gone := waitFor(time.Second, func() bool {
+		_, err := os.Lstat(filepath.Join(m.mp, base))
+		return errors.Is(err, os.ErrNotExist) && !slices.Contains(mountReadDirNames(t, m.mp), base)
+	})
+	if !gone {
+		t.Fatalf("%s still looked up or listed 1s after storefs delete", base)
+	}
+	t.Logf("deleted item gone from lookup and listing after %v", time.Since(start).Round(time.Microsecond))
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a file of the deleted item still resolves: %v", err)
+	}
+
+	if got := strings.TrimSpace(string(mustStorefs(t, state, "add", src).stdout)); got != p {
+		t.Fatalf("added again as %s, first as %s", got, p)
+	}
+	if !slices.Contains(mountReadDirNames(t, m.mp), base) {
+		t.Errorf("ls %s lacks %s once added again", m.mp, base)
+	}
+	if b, err := os.ReadFile(file); err != nil || !bytes.Equal(b, data) {
+		t.Errorf("reading %s once added again: %d bytes, %v", file, len(b), err)
+	}
+	mustStorefs(t, state, "verify", "--contents")
+	m.stop(t, syscall.SIGTERM)
+}
