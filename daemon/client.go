@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -72,6 +73,9 @@ func Dial(state string) (*Client, error) {
 
 // Info describes the store the daemon serves.
 func (c *Client) StoreInfo() StoreInfo { return c.info }
+
+// StoreDir is the store dir of the store the daemon serves.
+func (c *Client) StoreDir() string { return c.info.StoreDir }
 
 // Close ends a session opened by Session and releases idle connections.
 func (c *Client) Close() error {
@@ -305,7 +309,16 @@ func (c *Client) Import(ctx context.Context, r io.Reader, o store.ImportOptions)
 		r = io.TeeReader(r, &progressWriter{w: io.Discard, fn: o.Progress.Bytes})
 	}
 	var res AddResult
-	if err := c.postNAR(ctx, "/v1/import", refsQuery(o.Name, o.Refs, o.NoDedup, o.Root), r, &res); err != nil {
+	q := refsQuery(o.Name, o.Refs, o.NoDedup, o.Root)
+	for k, v := range map[string]string{"path": o.Path, "deriver": o.Deriver, "ca": o.CA, "narhash": o.NarHash} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if o.NarSize != 0 {
+		q.Set("narsize", strconv.FormatInt(o.NarSize, 10))
+	}
+	if err := c.postNAR(ctx, "/v1/import", q, r, &res); err != nil {
 		return "", err
 	}
 	if o.Dedup != nil && res.Dedup != nil {
@@ -384,6 +397,15 @@ func (c *Client) Info(p string) (*store.Info, error) {
 		return nil, err
 	}
 	return &in, nil
+}
+
+// LookupHashPart returns the valid path whose hash part is hash32.
+func (c *Client) LookupHashPart(hash32 string) (string, error) {
+	var res LookupResult
+	if err := c.getJSON(context.Background(), "/v1/lookup?"+url.Values{"hash": {hash32}}.Encode(), &res); err != nil {
+		return "", err
+	}
+	return res.Path, nil
 }
 
 // Closure returns the requisites of paths, dependencies first.

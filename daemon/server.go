@@ -230,6 +230,7 @@ func (srv *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/export-bundle", srv.handleExportBundle)
 	mux.HandleFunc("GET /v1/paths", srv.handlePaths)
 	mux.HandleFunc("GET /v1/info", srv.handleInfo)
+	mux.HandleFunc("GET /v1/lookup", srv.handleLookup)
 	mux.HandleFunc("POST /v1/closure", srv.handleClosure)
 	mux.HandleFunc("GET /v1/cat", srv.handleCat)
 	mux.HandleFunc("POST /v1/verify", srv.handleVerify)
@@ -371,7 +372,10 @@ type AddResult struct {
 
 func importOptions(r *http.Request) store.ImportOptions {
 	q := r.URL.Query()
-	return store.ImportOptions{Name: q.Get("name"), Refs: q["ref"], NoDedup: q.Get("nodedup") == "1", Root: q.Get("root")}
+	o := store.ImportOptions{Name: q.Get("name"), Refs: q["ref"], NoDedup: q.Get("nodedup") == "1", Root: q.Get("root"),
+		Path: q.Get("path"), Deriver: q.Get("deriver"), CA: q.Get("ca"), NarHash: q.Get("narhash")}
+	o.NarSize, _ = strconv.ParseInt(q.Get("narsize"), 10, 64)
+	return o
 }
 
 func (srv *Server) handleRoots(w http.ResponseWriter, r *http.Request) {
@@ -519,6 +523,20 @@ func (srv *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, in)
+}
+
+// LookupResult is the reply to lookup: the valid path with a hash part.
+type LookupResult struct {
+	Path string `json:"path"`
+}
+
+func (srv *Server) handleLookup(w http.ResponseWriter, r *http.Request) {
+	p, err := srv.s.LookupHashPart(r.URL.Query().Get("hash"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, LookupResult{Path: p})
 }
 
 func (srv *Server) handleClosure(w http.ResponseWriter, r *http.Request) {

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/nix-community/go-nix/pkg/wire"
 
 	"github.com/storefs/storefs/cas"
@@ -29,6 +30,21 @@ type ImportOptions struct {
 	NoDedup  bool            // disk mode: no `.links` deduplication
 	Dedup    *cas.DedupStats // if set, receives what deduplication did
 	Root     string          // if set, a permanent GC root made for the path
+
+	// Path, if set, is the store path to register the NAR under instead of
+	// the content-addressed one computed from it: a substitute, named by
+	// whoever built it (input-addressed). Name is then taken from it (a
+	// different Name is refused) and Refs may name Path itself. The caller
+	// vouches for the name (it checked a signature); Import only checks it
+	// is a path of this store dir.
+	Path    string
+	Deriver string // with Path: the deriver's full path, recorded as is
+	CA      string // with Path: the content address to record, or ""
+	// NarHash ("sha256:<nix32>" or any form Nix accepts) and NarSize, if
+	// set, are what the NAR must hash to and measure; anything else is
+	// refused before the item is registered, leaving the store as it was.
+	NarHash string
+	NarSize int64
 }
 
 // Import reads one NAR from r (strictly: see package nar) and adds it as a
@@ -46,12 +62,56 @@ func (s *Store) AddNAR(ctx context.Context, r io.Reader, o ImportOptions) (strin
 }
 
 func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, prefix string) (string, error) {
+	var base string // the named path's base name (o.Path), or ""
+	if o.Path != "" {
+		b, rel, err := SplitStorePath(s.storeDir, o.Path)
+		if err != nil || rel != "" {
+			return "", fmt.Errorf("%sbad store path %q (this store's dir is %s)", prefix, o.Path, s.storeDir)
+		}
+		_, name, _ := ParseBaseName(b)
+		if o.Name != "" && o.Name != name {
+			return "", fmt.Errorf("%sname %q differs from the path's %q", prefix, o.Name, name)
+		}
+		base, o.Name = b, name
+	} else if o.Deriver != "" || o.CA != "" {
+		return "", fmt.Errorf("%sa deriver or content address is only recorded for a named path", prefix)
+	}
 	if err := CheckName(o.Name); err != nil {
 		return "", err
 	}
-	refs, err := s.resolveRefs(o.Refs)
+	var wantHash *[32]byte
+	if o.NarHash != "" {
+		h, err := nixhash.ParseAny(o.NarHash, nil)
+		if err != nil || h.Algo() != nixhash.SHA256 {
+			return "", fmt.Errorf("%sbad NAR hash %q: want a sha256", prefix, o.NarHash)
+		}
+		wantHash = (*[32]byte)(h.Digest())
+	}
+	var deriver string
+	if o.Deriver != "" {
+		d, rel, err := SplitStorePath(s.storeDir, o.Deriver)
+		if err != nil || rel != "" {
+			return "", fmt.Errorf("%sbad deriver %q", prefix, o.Deriver)
+		}
+		deriver = d
+	}
+	self := false
+	refList := o.Refs
+	if base != "" {
+		refList = slices.DeleteFunc(slices.Clone(o.Refs), func(r string) bool {
+			if r == base || r == s.FullPath(base) {
+				self = true
+				return true
+			}
+			return false
+		})
+	}
+	refs, err := s.resolveRefs(refList)
 	if err != nil {
 		return "", err
+	}
+	if self {
+		refs = sortedUnique(append(refs, base))
 	}
 	it, err := s.newItem(ctx, o.NoDedup)
 	if err != nil {
@@ -65,13 +125,26 @@ func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, pre
 	if err != nil {
 		return "", fmt.Errorf("%s%w", prefix, err)
 	}
-	p := MakeSourcePath(s.storeDir, sum, o.Name, s.fullPaths(refs))
-	info := &registry.PathInfo{
-		Path:       filepath.Base(p),
-		NarHash:    sum,
-		NarSize:    size,
-		References: refs,
-		CA:         "fixed:r:sha256:" + NixHash(sum)[len("sha256:"):],
+	if wantHash != nil && sum != *wantHash {
+		return "", fmt.Errorf("%sNAR hash mismatch: got %s, want %s", prefix, NixHash(sum), NixHash(*wantHash))
+	}
+	if o.NarSize != 0 && size != o.NarSize {
+		return "", fmt.Errorf("%sNAR size mismatch: got %d bytes, want %d", prefix, size, o.NarSize)
+	}
+	var info *registry.PathInfo
+	var p string
+	if base != "" {
+		p = s.FullPath(base)
+		info = &registry.PathInfo{Path: base, NarHash: sum, NarSize: size, References: refs, Deriver: deriver, CA: o.CA}
+	} else {
+		p = MakeSourcePath(s.storeDir, sum, o.Name, s.fullPaths(refs))
+		info = &registry.PathInfo{
+			Path:       filepath.Base(p),
+			NarHash:    sum,
+			NarSize:    size,
+			References: refs,
+			CA:         "fixed:r:sha256:" + NixHash(sum)[len("sha256:"):],
+		}
 	}
 	if err := it.finish(root, info); err != nil {
 		return "", fmt.Errorf("%s%w", prefix, err)

@@ -1,8 +1,11 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/storefs/storefs/registry"
 )
 
 // Info is what `storefs info` shows about a valid path. Paths are full store
@@ -100,4 +103,21 @@ func (s *Store) IsValid(p string) (bool, error) {
 		return false, err
 	}
 	return s.reg.IsValid(base)
+}
+
+// LookupHashPart returns the valid path whose hash part (the 32 nix-base32
+// characters after the store dir) is hash32, or an error wrapping
+// ErrNotValid: what a binary cache answers `<hash32>.narinfo` with.
+func (s *Store) LookupHashPart(hash32 string) (string, error) {
+	if len(hash32) != HashPartLen {
+		return "", fmt.Errorf("%q: not a store path hash part: %w", hash32, ErrNotValid)
+	}
+	base, err := s.reg.LookupHashPart(hash32)
+	if err != nil {
+		if errors.Is(err, registry.ErrNotValid) {
+			return "", fmt.Errorf("%s/%s: %w", s.storeDir, hash32, ErrNotValid)
+		}
+		return "", err
+	}
+	return s.FullPath(base), nil
 }

@@ -22,6 +22,8 @@ type backend interface {
 	ExportBundle(ctx context.Context, w io.Writer, paths []string) error
 	List(fn func(path string) bool) error
 	Info(p string) (*store.Info, error)
+	LookupHashPart(hash32 string) (string, error)
+	StoreDir() string
 	Closure(paths []string) ([]string, error)
 	Cat(ctx context.Context, w io.Writer, p string) error
 	Verify(ctx context.Context, o store.VerifyOptions) (*store.VerifyReport, error)

@@ -132,6 +132,10 @@ and $XDG_DATA_HOME/storefs (~/.local/share/storefs) for other users.
 		newDeleteCommand(g),
 		newRunCommand(g),
 		newShellCommand(g),
+		newCacheCommand(g),
+		newServeCommand(g),
+		newSubstituteCommand(g),
+		newCopyCommand(g),
 	)
 	return root
 }
