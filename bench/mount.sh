@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/mount.sh [TREE...] — reading through `storefs mount` against the native trees, bindfs of
-# them and squashfuse of a squashfs image of them, measured in one run:
+# them, squashfuse of a squashfs image of them and (as root, where loop devices work) the kernel's
+# squashfs of the same image, measured in one run:
 #   (a) interpreter start-up: `python3 -c 'import json, email, asyncio'`, 20 runs per tree that
 #       has bin/python3 (LD_LIBRARY_PATH=<tree>/lib PYTHONHOME=<tree>); once as is and once with
 #       PYTHONPYCACHEPREFIX (bytecode cached outside the tree: the store's mtime 1 makes CPython's
@@ -141,18 +142,31 @@ for img in trees big; do
 done
 sq_dirs=()
 for n in "${names[@]}"; do sq_dirs+=("$work/mnt/squashfuse-trees/$n"); done
+# kernel squashfs of the same images, where this kernel and its loop devices allow
+ksq=no
+if [ "$(id -u)" = 0 ]; then
+  ksq=yes
+  for img in trees big; do
+    m=$work/mnt/squashfs-$img; mkdir -p "$m"
+    if mount -t squashfs -o loop,ro "$work/$img.sqfs" "$m" 2> "$work/squashfs-$img.log"; then mounts+=("$m"); else ksq=no; fi
+  done
+fi
+ksq_dirs=()
+for n in "${names[@]}"; do ksq_dirs+=("$work/mnt/squashfs-trees/$n"); done
 printf 'storefs add of the trees and the big file: %.1f s; mksquashfs of both images: %.1f s (%s + %s)\n' "$t_add" "$t_sq" \
   "$(du -h "$work/trees.sqfs" | cut -f1)" "$(du -h "$work/big.sqfs" | cut -f1)"
 printf '%s\n' "$(sed -n 's/^storefs mount: //p' "$work/storefs-mount.log" | head -1)"
 
 # ---- the systems ---------------------------------------------------------------------------------
 systems=(native storefs bindfs squashfuse)
+[ "$ksq" = yes ] && systems+=(squashfs)
 declare -A dirs big
 sf_dirs=(); for it in "${items[@]}"; do sf_dirs+=("$sfmp/$it"); done
 dirs[native]="${trees[*]}";  big[native]=$bigfile
 dirs[storefs]="${sf_dirs[*]}"; big[storefs]=$sfmp/$bigitem
 dirs[bindfs]="${bind_dirs[*]}"; big[bindfs]=$work/mnt/bindfs-big/bigfile
 dirs[squashfuse]="${sq_dirs[*]}"; big[squashfuse]=$work/mnt/squashfuse-big/bigfile
+dirs[squashfs]="${ksq_dirs[*]}"; big[squashfs]=$work/mnt/squashfs-big/bigfile
 # (no file names with blanks in $work, so the word splitting of ${dirs[...]} below is safe)
 for s in "${systems[@]}"; do
   for d in ${dirs[$s]}; do [ -d "$d" ] || { echo "mount.sh: $s: $d missing" >&2; exit 1; }; done
