@@ -5,10 +5,24 @@ import (
 	"io"
 	"os"
 
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
 
 	"github.com/storefs/storefs/cache"
 )
+
+// signKeyFlag reads the secret key file a --sign-key flag names (nil when
+// the flag is empty: nothing is signed).
+func signKeyFlag(file string) (*signature.SecretKey, error) {
+	if file == "" {
+		return nil, nil
+	}
+	k, err := cache.ReadSecretKey(file)
+	if err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
 
 func newCacheCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{

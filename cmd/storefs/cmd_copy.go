@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/url"
 
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
 
 	"github.com/storefs/storefs/cache"
@@ -32,13 +31,9 @@ narinfos.`,
 			if err := cache.CheckCompression(compression); err != nil {
 				return usageError{err}
 			}
-			var sk *signature.SecretKey
-			if signKey != "" {
-				k, err := cache.ReadSecretKey(signKey)
-				if err != nil {
-					return err
-				}
-				sk = &k
+			sk, err := signKeyFlag(signKey)
+			if err != nil {
+				return err
 			}
 			s, err := g.open()
 			if err != nil {

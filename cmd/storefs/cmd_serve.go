@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
 
 	"github.com/storefs/storefs/cache"
@@ -41,13 +40,9 @@ that file afterwards; the directory may be removed at any time.`,
 			if err := cache.CheckCompression(compression); err != nil {
 				return usageError{err}
 			}
-			var sk *signature.SecretKey
-			if signKey != "" {
-				k, err := cache.ReadSecretKey(signKey)
-				if err != nil {
-					return err
-				}
-				sk = &k
+			sk, err := signKeyFlag(signKey)
+			if err != nil {
+				return err
 			}
 			s, err := g.open()
 			if err != nil {
