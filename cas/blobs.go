@@ -122,6 +122,7 @@ type Batch struct {
 
 	mu     sync.Mutex
 	staged map[Key]bool
+	made   map[Key]bool // committed by this batch
 }
 
 // NewBatch stages blobs in dir, which it creates.
@@ -129,7 +130,7 @@ func (b *Blobs) NewBatch(dir string) (*Batch, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Batch{b: b, dir: dir, staged: map[Key]bool{}}, nil
+	return &Batch{b: b, dir: dir, staged: map[Key]bool{}, made: map[Key]bool{}}, nil
 }
 
 func (bt *Batch) stagedPath(k Key) string { return filepath.Join(bt.dir, k.String()) }
@@ -164,30 +165,60 @@ func (bt *Batch) PutBytes(k Key, exec bool, data []byte) (bool, error) {
 		return false, err
 	}
 	// The key is known: write the staged blob under its final name and
-	// mode at once (one create, no rename, no chmod).
+	// mode at once (one create, no rename, no chmod), through a raw
+	// descriptor: an *os.File would cost three more system calls per blob
+	// (the poller's registration attempts) for a file that is written once.
 	p := bt.stagedPath(k)
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, blobMode(exec))
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return false, nil // staged by another worker meanwhile
-		}
-		return false, err
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && blobMode(exec)&^umask != blobMode(exec) {
-		err = os.Chmod(p, blobMode(exec)) // a umask took bits away
-	}
-	if err != nil {
-		os.Remove(p)
+	switch err := writeNew(p, blobMode(exec), data); {
+	case errors.Is(err, fs.ErrExist):
+		return false, nil // staged by another worker meanwhile
+	case err != nil:
 		return false, err
 	}
 	bt.mu.Lock()
 	bt.staged[k] = true
 	bt.mu.Unlock()
 	return true, nil
+}
+
+// rename is rename(2). os.Rename first stats newname (to refuse renaming
+// over a directory, which cannot happen here): a wasted system call per blob.
+func rename(oldname, newname string) error {
+	if err := unix.Rename(oldname, newname); err != nil {
+		return &os.LinkError{Op: "rename", Old: oldname, New: newname, Err: err}
+	}
+	return nil
+}
+
+// writeNew creates the file p (which must not exist) with mode and data.
+// A umask that takes bits away from mode is undone with a chmod.
+func writeNew(p string, mode os.FileMode, data []byte) error {
+	fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, uint32(mode))
+	if err != nil {
+		return &os.PathError{Op: "open", Path: p, Err: err}
+	}
+	for len(data) > 0 && err == nil {
+		var n int
+		n, err = unix.Write(fd, data)
+		switch {
+		case err == unix.EINTR:
+			err = nil
+		case err == nil && n == 0:
+			err = io.ErrShortWrite
+		}
+		data = data[max(n, 0):]
+	}
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err == nil && mode&^umask != mode {
+		err = unix.Chmod(p, uint32(mode))
+	}
+	if err != nil {
+		unix.Unlink(p)
+		return &os.PathError{Op: "write", Path: p, Err: err}
+	}
+	return nil
 }
 
 // PutReader copies exactly size bytes from r, hashing them, and checks the
@@ -219,7 +250,7 @@ func (bt *Batch) stage(f *os.File, k Key, exec bool) (bool, error) {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(name, bt.stagedPath(k))
+		err = rename(name, bt.stagedPath(k))
 	}
 	if err != nil {
 		os.Remove(name)
@@ -253,12 +284,22 @@ func (bt *Batch) Commit() error {
 			}
 			made[d] = true
 		}
-		if err := os.Rename(bt.stagedPath(k), dst); err != nil {
+		if err := rename(bt.stagedPath(k), dst); err != nil {
 			return fmt.Errorf("commit blob %s: %w", k, err)
 		}
 		delete(bt.staged, k)
+		bt.made[k] = true
 	}
 	return os.RemoveAll(bt.dir)
+}
+
+// Made reports whether Commit moved the blob k into the area (so it was
+// not found present there, and a collection that ran before cannot have
+// taken it).
+func (bt *Batch) Made(k Key) bool {
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	return bt.made[k]
 }
 
 // Abort drops everything staged.

@@ -27,7 +27,7 @@ type Sys interface {
 type OS struct{}
 
 func (OS) Link(o, n string) error              { return os.Link(o, n) }
-func (OS) Rename(o, n string) error            { return os.Rename(o, n) }
+func (OS) Rename(o, n string) error            { return rename(o, n) }
 func (OS) Lstat(n string) (os.FileInfo, error) { return os.Lstat(n) }
 func (OS) Chmod(n string, m os.FileMode) error { return os.Chmod(n, m) }
 func (OS) Mkdir(n string, m os.FileMode) error { return os.Mkdir(n, m) }

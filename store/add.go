@@ -472,23 +472,34 @@ var errChanged = errors.New("file changed while it was being added")
 var errBlobCollected = errors.New("a collection removed a blob this add relied on; add it again")
 
 // readExact reads a file that must have exactly size bytes (it reads one
-// byte more to notice a file that grew).
+// byte more to notice a file that grew). It uses a raw descriptor: an
+// *os.File costs three more system calls per file (the poller's attempts to
+// register it), which is a fifth of a small file's cost.
 func readExact(path string, size int64) ([]byte, error) {
-	f, err := os.Open(path)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer f.Close()
+	defer unix.Close(fd)
 	buf := make([]byte, size+1)
-	n, err := io.ReadFull(f, buf)
-	atEOF := err == io.EOF || err == io.ErrUnexpectedEOF
-	switch {
-	case int64(n) == size && atEOF:
-		return buf[:size], nil
-	case err != nil && !atEOF:
-		return nil, err
+	var n int
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if m == 0 {
+			break
+		}
+		n += m
 	}
-	return nil, fmt.Errorf("%s: %w (size %d, read %d)", path, errChanged, size, n)
+	if int64(n) != size {
+		return nil, fmt.Errorf("%s: %w (size %d, read %d)", path, errChanged, size, n)
+	}
+	return buf[:size], nil
 }
 
 // ingestFile stores one regular file of an add: in blob mode as a blob
@@ -833,7 +844,7 @@ func (s *Store) registerChecked(info *registry.PathInfo, dirs map[registry.Diges
 		}
 	}
 	if root != nil {
-		if err := s.checkContents(info, root, cs); err != nil {
+		if err := s.checkContents(info, root, batch, cs); err != nil {
 			return err
 		}
 	}

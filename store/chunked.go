@@ -166,7 +166,9 @@ func (it *item) importChunked(n *node, nr io.Reader, w *nar.Writer) error {
 // registered relies on that is not there (errBlobCollected: a collection
 // removed it since the add found it present). Called under the shared GC
 // lock after the item's own content was committed.
-func (s *Store) checkContents(info *registry.PathInfo, root *node, cs *chunkStage) error {
+//
+// Blobs that batch itself moved in under the caller's lock are not looked at.
+func (s *Store) checkContents(info *registry.PathInfo, root *node, batch *cas.Batch, cs *chunkStage) error {
 	seen := map[cas.Key]bool{}
 	var missing error
 	has := func(area *cas.Blobs, what string, k cas.Key) {
@@ -184,7 +186,7 @@ func (s *Store) checkContents(info *registry.PathInfo, root *node, cs *chunkStag
 			seen[n.key] = true
 			if s.chunks != nil && chunk.Chunked(n.size) {
 				has(s.chunks.Manifests, "manifest", n.key)
-			} else {
+			} else if batch == nil || !batch.Made(n.key) {
 				has(s.blobs, "blob", n.key)
 			}
 		case n.typ == nar.TypeDirectory:

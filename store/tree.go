@@ -7,6 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/nar"
@@ -36,56 +41,141 @@ type node struct {
 
 // walkSource lstat-walks a source tree in NAR order. It refuses devices,
 // sockets and FIFOs before anything is written.
+//
+// Directories are read by up to walkers goroutines at once: on a cold cache
+// a tree's walk is a chain of small metadata reads, and one reader leaves
+// the device idle between them. Each entry is stat'ed relative to its
+// directory's descriptor (no path walk from the root per entry). The error
+// reported is the first in NAR order, as a serial walk would report it.
 func walkSource(src string) (root *node, files []*node, err error) {
-	var walk func(abs, rel, name string, fi fs.FileInfo) (*node, error)
-	walk = func(abs, rel, name string, fi fs.FileInfo) (*node, error) {
-		n := &node{name: name, rel: rel, src: abs}
-		switch m := fi.Mode(); {
-		case m.IsRegular():
-			n.typ, n.exec, n.size = nar.TypeRegular, m&0o100 != 0, fi.Size()
-			files = append(files, n)
-		case m&fs.ModeSymlink != 0:
-			t, err := os.Readlink(abs)
-			if err != nil {
-				return nil, err
-			}
-			if t == "" {
-				return nil, fmt.Errorf("%s: empty symlink target: %w", abs, ErrBadInput)
-			}
-			n.typ, n.target = nar.TypeSymlink, t
-		case m.IsDir():
-			n.typ = nar.TypeDirectory
-			ents, err := os.ReadDir(abs) // sorted by name, bytewise
-			if err != nil {
-				return nil, err
-			}
-			n.kids = make([]*node, 0, len(ents))
-			for _, e := range ents {
-				cfi, err := e.Info()
-				if err != nil {
-					return nil, err
-				}
-				crel := e.Name()
-				if rel != "" {
-					crel = rel + "/" + e.Name()
-				}
-				k, err := walk(filepath.Join(abs, e.Name()), crel, e.Name(), cfi)
-				if err != nil {
-					return nil, err
-				}
-				n.kids = append(n.kids, k)
-			}
-		default:
-			return nil, fmt.Errorf("%s: %w (%s)", abs, ErrUnsupported, typeName(m))
-		}
-		return n, nil
-	}
 	fi, err := os.Lstat(src)
 	if err != nil {
 		return nil, nil, err
 	}
-	root, err = walk(src, "", "", fi)
-	return root, files, err
+	root = &node{src: src}
+	w := &walker{slots: make(chan struct{}, walkers)}
+	w.visit(root, fi)
+	w.wg.Wait()
+	var collect func(n *node) error
+	collect = func(n *node) error {
+		if n.err != nil {
+			return n.err
+		}
+		switch n.typ {
+		case nar.TypeRegular:
+			files = append(files, n)
+		case nar.TypeDirectory:
+			for _, k := range n.kids {
+				if err := collect(k); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := collect(root); err != nil {
+		return nil, nil, err
+	}
+	return root, files, nil
+}
+
+// walkers is the number of directories walkSource reads at once.
+const walkers = 8
+
+type walker struct {
+	slots chan struct{}
+	wg    sync.WaitGroup
+}
+
+// visit fills in n (whose name, rel and src are set) from fi; a directory's
+// entries are read by another goroutine when a slot is free, here otherwise.
+func (w *walker) visit(n *node, fi fs.FileInfo) {
+	switch m := fi.Mode(); {
+	case m.IsRegular():
+		n.typ, n.exec, n.size = nar.TypeRegular, m&0o100 != 0, fi.Size()
+	case m&fs.ModeSymlink != 0:
+		n.typ = nar.TypeSymlink
+		n.target, n.err = os.Readlink(n.src)
+		if n.err == nil && n.target == "" {
+			n.err = fmt.Errorf("%s: empty symlink target: %w", n.src, ErrBadInput)
+		}
+	case m.IsDir():
+		n.typ = nar.TypeDirectory
+		select {
+		case w.slots <- struct{}{}:
+			w.wg.Add(1)
+			go func() {
+				defer w.wg.Done()
+				w.readDir(n)
+				<-w.slots
+			}()
+		default:
+			w.readDir(n)
+		}
+	default:
+		n.err = fmt.Errorf("%s: %w (%s)", n.src, ErrUnsupported, typeName(m))
+	}
+}
+
+// readDir reads directory n's entries, sorted bytewise, and visits them.
+func (w *walker) readDir(n *node) {
+	fd, err := unix.Open(n.src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		n.err = &os.PathError{Op: "open", Path: n.src, Err: err}
+		return
+	}
+	d := os.NewFile(uintptr(fd), n.src)
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		n.err = err
+		return
+	}
+	slices.Sort(names)
+	n.kids = make([]*node, len(names))
+	for i, name := range names {
+		k := &node{name: name, rel: name, src: filepath.Join(n.src, name)}
+		if n.rel != "" {
+			k.rel = n.rel + "/" + name
+		}
+		n.kids[i] = k
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			k.err = &os.PathError{Op: "lstat", Path: k.src, Err: err}
+			continue
+		}
+		w.visit(k, statInfo{name, &st})
+	}
+}
+
+// statInfo is the fs.FileInfo of a unix.Stat_t (the fields visit uses).
+type statInfo struct {
+	name string
+	st   *unix.Stat_t
+}
+
+func (i statInfo) Name() string       { return i.name }
+func (i statInfo) Size() int64        { return i.st.Size }
+func (i statInfo) ModTime() time.Time { return time.Unix(i.st.Mtim.Unix()) }
+func (i statInfo) IsDir() bool        { return i.Mode().IsDir() }
+func (i statInfo) Sys() any           { return i.st }
+func (i statInfo) Mode() fs.FileMode {
+	m := fs.FileMode(i.st.Mode & 0o777)
+	switch i.st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		m |= fs.ModeDir
+	case unix.S_IFLNK:
+		m |= fs.ModeSymlink
+	case unix.S_IFIFO:
+		m |= fs.ModeNamedPipe
+	case unix.S_IFSOCK:
+		m |= fs.ModeSocket
+	case unix.S_IFCHR:
+		m |= fs.ModeDevice | fs.ModeCharDevice
+	case unix.S_IFBLK:
+		m |= fs.ModeDevice
+	}
+	return m
 }
 
 func typeName(m fs.FileMode) string {
