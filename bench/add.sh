@@ -6,7 +6,8 @@
 # CORPUS is a directory whose subdirectories are the items (e.g. built by the shared corpus
 # builder: `build.sh small DIR` or `build.sh full DIR`). Without it, the top-level directories of
 # the Go toolchain (`go env GOROOT`) are used. Work happens in $BENCH_TMP (default: a temp dir on
-# the filesystem of /var/tmp), which needs room for about 4 copies of the corpus.
+# the filesystem of /var/tmp), which needs room for about 10 copies of the corpus (every step's
+# output is kept until the end; see below). Cold and warm rounds; the peak RSS of a 100k-file add.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -26,41 +27,68 @@ sha=$( { head -c 1073741824 /dev/zero | (t0=$(date +%s.%N); $hasher >/dev/null; 
 sha_rate=$(echo "1073741824 / $sha" | bc -l)
 sha_time=$(echo "$bytes / $sha_rate" | bc -l)
 
-t_cp=$(bench_elapsed bash -c 'mkdir -p "$0/cp"; for i in "$@"; do cp -a "$i" "$0/cp/"; done' "$work" "${items[@]}")
-rm -rf "$work/cp"
+# Every step writes into a fresh directory and nothing is deleted until the end: deleting a tree of
+# many files right before a timed step slows that step's inode allocations on ext4 (its
+# recently_deleted check), which would tax every step but the first.
+# bench_warm CMD...: like bench_elapsed, without dropping caches (the sources are cached by then).
+bench_warm() { local t0 t1; sync; t0=$(date +%s.%N); "$@" > "$work/out" 2>&1; sync; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
 
-t_nix=na
+declare -A t
+rounds=(cold warm); [ "$bench_cache" = "warm cache" ] && rounds=(warm)
+timer() { if [ "$1" = cold ]; then echo bench_elapsed; else echo bench_warm; fi; }
+
+have_nix=false
 if command -v nix-store >/dev/null; then
+  have_nix=true
   export NIX_CONFIG=$'substituters =\nsandbox = false\nbuild-users-group =' HOME=$work/home XDG_CACHE_HOME=$work/home/.cache
-  r=$work/nix
-  url="local?store=/gnu/store&real=$r/store&state=$r/state&log=$r/log"
-  mkdir -p "$r"
-  t_nix=$(bench_elapsed nix-store --store "$url" --add "${items[@]}")
-  nix-store --store "$url" --add "${items[@]}" > "$work/nix.paths"
-  chmod -R u+w "$r"; rm -rf "$r"
 fi
 
-declare -A t_sf
-for mode in blob disk disk-nodedup; do
-  st=$work/state-$mode
-  flags=(); [ "$mode" = disk-nodedup ] && flags=(--no-dedup)
-  "$bin" --state "$st" init --mode "${mode%-nodedup}" >/dev/null
-  t_sf[$mode]=$(bench_elapsed "$bin" --state "$st" add "${flags[@]}" "${items[@]}")
-  "$bin" --state "$st" add "${items[@]}" > "$work/$mode.paths"   # again: nothing new, warm
-  if [ -f "$work/nix.paths" ] && ! cmp -s "$work/nix.paths" "$work/$mode.paths"; then
-    echo "MISMATCH: storefs ($mode) and nix-store --add give different paths" >&2; exit 1
+for round in "${rounds[@]}"; do
+  tm=$(timer "$round")
+  t[cp-$round]=$($tm bash -c 'mkdir -p "$0"; for i in "$@"; do cp -a "$i" "$0/"; done' "$work/cp-$round" "${items[@]}")
+  if $have_nix; then
+    r=$work/nix-$round
+    url="local?store=/gnu/store&real=$r/store&state=$r/state&log=$r/log"
+    mkdir -p "$r"
+    t[nix-$round]=$($tm nix-store --store "$url" --add "${items[@]}")
+    nix-store --store "$url" --add "${items[@]}" > "$work/nix.paths"
   fi
-  du -sh --apparent-size "$st" | awk -v m="$mode" '{print "  storefs " m " state dir: " $1}'
-  chmod -R u+w "$st"; rm -rf "$st"
+  for mode in blob disk disk-nodedup; do
+    st=$work/state-$mode-$round
+    flags=(); [ "$mode" = disk-nodedup ] && flags=(--no-dedup)
+    "$bin" --state "$st" init --mode "${mode%-nodedup}" >/dev/null
+    t[$mode-$round]=$($tm "$bin" --state "$st" add "${flags[@]}" "${items[@]}")
+    "$bin" --state "$st" add "${items[@]}" > "$work/$mode.paths"   # again: nothing new
+    if [ -f "$work/nix.paths" ] && ! cmp -s "$work/nix.paths" "$work/$mode.paths"; then
+      echo "MISMATCH: storefs ($mode) and nix-store --add give different paths" >&2; exit 1
+    fi
+    [ "$round" = "${rounds[0]}" ] && du -sh --apparent-size "$st" | awk -v m="$mode" '{print "  storefs " m " state dir: " $1}'
+  done
 done
 
-ratio() { if [ "$2" = na ]; then echo "n/a"; else printf '%.2f' "$(echo "$1 / $2" | bc -l)"; fi; }
-printf '\n%s; seconds (ratio = time / baseline time; < 1 is faster)\n' "$bench_cache"
-printf '%-28s %8s %10s %12s\n' "" "seconds" "vs cp -a" "vs nix-store"
-printf '%-28s %8.2f %10s %12s\n' "cp -a" "$t_cp" 1.00 "$(ratio "$t_cp" "$t_nix")"
-[ "$t_nix" != na ] && printf '%-28s %8.2f %10s %12s\n' "nix-store --add" "$t_nix" "$(ratio "$t_nix" "$t_cp")" 1.00
-for mode in blob disk disk-nodedup; do
-  printf '%-28s %8.2f %10s %12s\n' "storefs add ($mode)" "${t_sf[$mode]}" "$(ratio "${t_sf[$mode]}" "$t_cp")" "$(ratio "${t_sf[$mode]}" "$t_nix")"
+# peak memory of a blob-mode add of 100k files (flat in the number of files: the tree is kept, the
+# files' bytes are not); the files are made here, 100 directories of 1000 small distinct files
+big=$work/files-100k
+for d in $(seq 100); do
+  mkdir -p "$big/d$d"
+  (cd "$big/d$d" && seq 1000 | awk -v d="$d" '{f="f" $1; print d, $1 > f; close(f)}')
 done
-printf '%-28s %8.2f %10s %12s   (%.0f MB/s)\n' "sha256, one core (ideal)" "$sha_time" "$(ratio "$sha_time" "$t_cp")" "$(ratio "$sha_time" "$t_nix")" "$(echo "$sha_rate/1000000" | bc -l)"
-[ -f "$work/nix.paths" ] && echo "store paths: storefs (both modes) == nix-store --add"
+"$bin" --state "$work/state-100k" init --mode blob >/dev/null
+rss=$( { /usr/bin/time -f '%M' "$bin" --state "$work/state-100k" add "$big" >/dev/null; } 2>&1 | tail -1)
+printf 'peak RSS of storefs add (blob) of 100000 files: %d MiB\n' "$((rss / 1024))"
+
+ratio() { if [ "$2" = na ] || [ -z "$2" ]; then echo "n/a"; else printf '%.2f' "$(echo "$1 / $2" | bc -l)"; fi; }
+for round in "${rounds[@]}"; do
+  tcp=${t[cp-$round]} tnix=${t[nix-$round]:-na}
+  printf '\n%s; seconds (ratio = time / baseline time; < 1 is faster)\n' "$([ "$round" = cold ] && echo "cold: $bench_cache" || echo "warm: sources in the page cache")"
+  printf '%-28s %8s %10s %12s\n' "" "seconds" "vs cp -a" "vs nix-store"
+  printf '%-28s %8.2f %10s %12s\n' "cp -a" "$tcp" 1.00 "$(ratio "$tcp" "$tnix")"
+  [ "$tnix" != na ] && printf '%-28s %8.2f %10s %12s\n' "nix-store --add" "$tnix" "$(ratio "$tnix" "$tcp")" 1.00
+  for mode in blob disk disk-nodedup; do
+    printf '%-28s %8.2f %10s %12s\n' "storefs add ($mode)" "${t[$mode-$round]}" "$(ratio "${t[$mode-$round]}" "$tcp")" "$(ratio "${t[$mode-$round]}" "$tnix")"
+  done
+  printf '%-28s %8.2f %10s %12s   (%.0f MB/s)\n' "sha256, one core (ideal)" "$sha_time" "$(ratio "$sha_time" "$tcp")" "$(ratio "$sha_time" "$tnix")" "$(echo "$sha_rate/1000000" | bc -l)"
+done
+[ -f "$work/nix.paths" ] && echo "store paths: storefs (all modes) == nix-store --add"
+# the nix stores are read-only: make them removable for bench_cleanup
+chmod -R u+w "$work" 2>/dev/null || true
