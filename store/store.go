@@ -476,7 +476,13 @@ type syncGroup struct {
 	err                  error
 }
 
+// testHookSyncfs, if set, is called before each syncfs of the state dir.
+var testHookSyncfs func(*Store)
+
 func (s *Store) syncfs() error {
+	if testHookSyncfs != nil {
+		testHookSyncfs(s)
+	}
 	f, err := os.Open(s.state)
 	if err != nil {
 		return err
