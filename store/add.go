@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
@@ -97,7 +98,8 @@ type item struct {
 	dedup   bool       // disk mode: deduplicate through .links while adding
 	statsMu sync.Mutex
 	stats   cas.DedupStats
-	pending []*node // files to canonicalise through .links once the item is complete
+	pending []*node         // files to canonicalise through .links once the item is complete
+	pool    *errgroup.Group // import: the workers writing small files
 }
 
 func (s *Store) newItem(ctx context.Context, noDedup bool) (*item, error) {
@@ -623,16 +625,28 @@ func (it *item) pendingLink(n *node) {
 	it.statsMu.Unlock()
 }
 
-// linkPending canonicalises the queued files. Failures are counted, never
-// returned: deduplication never fails an add.
+// linkPending canonicalises the queued files, several at once (`.links`
+// is safe against concurrent deduplicators, in or across processes).
+// Failures are counted, never returned: deduplication never fails an add.
 func (it *item) linkPending() {
-	for _, n := range it.pending {
-		r, err := it.s.links.Canonicalize(it.treePath(n.rel), n.key)
-		if err != nil {
-			it.s.log.Warn("deduplication failed", "path", n.rel, "err", err)
-		}
-		it.count(r, err)
+	work := make(chan *node)
+	var wg sync.WaitGroup
+	for range min(len(it.pending), max(4, 2*runtime.GOMAXPROCS(0))) {
+		wg.Go(func() {
+			for n := range work {
+				r, err := it.s.links.Canonicalize(it.treePath(n.rel), n.key)
+				if err != nil {
+					it.s.log.Warn("deduplication failed", "path", n.rel, "err", err)
+				}
+				it.count(r, err)
+			}
+		})
 	}
+	for _, n := range it.pending {
+		work <- n
+	}
+	close(work)
+	wg.Wait()
 	it.pending = nil
 }
 
@@ -642,16 +656,48 @@ func (it *item) count(r cas.Result, err error) {
 	it.statsMu.Unlock()
 }
 
+// writeFile creates dst with data, canonical (mode 0444 or 0555, mtime 1),
+// through a raw descriptor: create, write, futimens, close (an *os.File
+// would add the poller's three calls, and a utimes by path a lookup).
 func writeFile(dst string, exec bool, data []byte) error {
-	out, err := createFile(dst, exec)
+	mode := fileMode(exec)
+	fd, err := unix.Open(dst, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, uint32(mode))
 	if err != nil {
-		return err
+		return &os.PathError{Op: "open", Path: dst, Err: err}
 	}
-	defer out.Close()
-	if _, err := out.Write(data); err != nil {
-		return err
+	for len(data) > 0 && err == nil {
+		var n int
+		n, err = unix.Write(fd, data)
+		switch {
+		case err == unix.EINTR:
+			err = nil
+		case err == nil && n == 0:
+			err = io.ErrShortWrite
+		}
+		data = data[max(n, 0):]
 	}
-	return canonFile(out, exec)
+	if err == nil && mode&^umask != mode {
+		err = unix.Fchmod(fd, uint32(mode))
+	}
+	if err == nil {
+		err = futimens(fd, mtime1)
+	}
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return &os.PathError{Op: "write", Path: dst, Err: err}
+	}
+	return nil
+}
+
+// futimens sets a descriptor's atime and mtime (utimensat with a nil path).
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // copyFile copies n.src to dst (copy_file_range where possible, or through
@@ -712,7 +758,7 @@ func canonFile(f *os.File, exec bool) error {
 			return err
 		}
 	}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, f.Name(), mtime1, 0)
+	return futimens(int(f.Fd()), mtime1)
 }
 
 // canonTree makes a staged tree canonical bottom-up: directories 0555 and

@@ -11,8 +11,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/nix-community/go-nix/pkg/wire"
@@ -160,7 +163,23 @@ func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, pre
 // ingestNAR stores the nodes of an archive as they stream by (blobs, or the
 // staged tree) and re-encodes them into the NAR hasher. A strict reader only
 // accepts canonical archives, so the re-encoding equals the input bytes.
+//
+// Small files are written by a pool of workers while the archive streams on
+// (the reader and the NAR hasher are serial; a file's blob key, its create
+// and write are not): at most `workers` files, each up to smallFile, wait
+// for a worker. All workers are done when ingestNAR returns.
 func (it *item) ingestNAR(ctx context.Context, nr *nar.Reader, prog *Progress) (root *node, sum [32]byte, size int64, err error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(4, 2*runtime.GOMAXPROCS(0)))
+	it.pool = g
+	defer func() {
+		it.pool = nil
+		// A worker's failure is what cancelled the stream: it says what happened.
+		if werr := g.Wait(); werr != nil && (err == nil || errors.Is(err, context.Canceled) && ctx.Err() == nil) {
+			err = werr
+		}
+	}()
+	ctx = gctx
 	h := sha256.New()
 	w := nar.NewWriter(h)
 	var stack []*node // open directories
@@ -252,7 +271,8 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 		if err != nil {
 			return err
 		}
-		return it.putData(n, data)
+		it.pool.Go(func() error { return it.putData(n, data) })
+		return nil
 	}
 	if it.chunks != nil {
 		return it.importChunked(n, nr, w)
@@ -291,15 +311,22 @@ func (it *item) streamFile(n *node, nr *nar.Reader, w *nar.Writer) error {
 		if err != nil {
 			return err
 		}
-		if dedup {
-			n.key, _ = nar.HashFile(n.exec, n.size, bytesReader(data))
-			if it.linkExisting(n, dst) {
-				return nil
+		it.pool.Go(func() error {
+			if dedup {
+				n.key, _ = nar.HashFile(n.exec, n.size, bytesReader(data))
+				if it.linkExisting(n, dst) {
+					return nil
+				}
 			}
-		}
-		if err := writeFile(dst, n.exec, data); err != nil {
-			return err
-		}
+			if err := writeFile(dst, n.exec, data); err != nil {
+				return err
+			}
+			if dedup {
+				it.pendingLink(n)
+			}
+			return nil
+		})
+		return nil
 	} else {
 		out, err := createFile(dst, n.exec)
 		if err != nil {
