@@ -147,21 +147,35 @@ func (bt *Batch) Path(k Key) string {
 }
 
 // Need reports whether k is neither present nor staged yet.
-func (bt *Batch) Need(k Key) (bool, error) {
+func (bt *Batch) Need(k Key) (bool, error) { return bt.NeedSize(k, -1) }
+
+// NeedSize is Need for content of size bytes: a present file of another
+// size is needed again, and staging it replaces that file on Commit. A
+// power cut after a blob was renamed in, but before the sync that the add
+// waits for, can leave it under its name with its bytes never written
+// (delayed allocation writes the size only with the data); no valid item
+// names it, and the next add of that content must not take it as present.
+func (bt *Batch) NeedSize(k Key, size int64) (bool, error) {
 	bt.mu.Lock()
 	ok := bt.staged[k]
 	bt.mu.Unlock()
 	if ok {
 		return false, nil
 	}
-	has, err := bt.b.Has(k)
-	return !has, err
+	var st unix.Stat_t
+	switch err := unix.Lstat(bt.b.Path(k), &st); {
+	case err == unix.ENOENT:
+		return true, nil
+	case err != nil:
+		return false, &os.PathError{Op: "lstat", Path: bt.b.Path(k), Err: err}
+	}
+	return size >= 0 && st.Size != size, nil
 }
 
 // PutBytes stages data, whose key the caller computed, unless it is
 // present or staged. It reports whether it staged a new blob.
 func (bt *Batch) PutBytes(k Key, exec bool, data []byte) (bool, error) {
-	if need, err := bt.Need(k); err != nil || !need {
+	if need, err := bt.NeedSize(k, int64(len(data))); err != nil || !need {
 		return false, err
 	}
 	// The key is known: write the staged blob under its final name and
@@ -225,7 +239,7 @@ func writeNew(p string, mode os.FileMode, data []byte) error {
 // result against want (the key computed beforehand, e.g. while hashing the
 // source). It reports whether it staged a new blob.
 func (bt *Batch) PutReader(want Key, exec bool, size int64, r io.Reader) (bool, error) {
-	if need, err := bt.Need(want); err != nil || !need {
+	if need, err := bt.NeedSize(want, size); err != nil || !need {
 		return false, err
 	}
 	w, err := bt.NewWriter(exec, size)
@@ -370,7 +384,7 @@ func (w *Writer) Commit() (Key, bool, error) {
 		return Key{}, false, fmt.Errorf("blob: %d of %d bytes written", w.n, w.size)
 	}
 	k := w.Sum()
-	need, err := w.bt.Need(k)
+	need, err := w.bt.NeedSize(k, w.size)
 	if err != nil || !need {
 		w.Abort()
 		return k, false, err

@@ -531,7 +531,7 @@ func (it *item) ingestFile(n *node) error {
 		return fmt.Errorf("%s: %w", n.src, err)
 	}
 	n.key = k
-	if need, err := it.batch.Need(k); err != nil {
+	if need, err := it.batch.NeedSize(k, n.size); err != nil {
 		return err
 	} else if need {
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
