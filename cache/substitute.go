@@ -77,12 +77,15 @@ func NewSubstituter(o SubstituteOptions) (*Substituter, error) {
 		o.SpoolDir = os.TempDir()
 	}
 	if o.HTTPClient == nil {
+		// No ResponseHeaderTimeout: the stall watch of every attempt
+		// (watchStall) starts before the request and covers a server that
+		// sends no headers, with the error that says so; a second timer
+		// of the same length would race it.
 		o.HTTPClient = &http.Client{Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			TLSHandshakeTimeout:   30 * time.Second,
-			ResponseHeaderTimeout: o.StallTimeout,
-			MaxIdleConnsPerHost:   o.Jobs + 2,
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 30 * time.Second,
+			MaxIdleConnsPerHost: o.Jobs + 2,
 		}}
 	}
 	if !o.NoCheckSigs && len(o.TrustedKeys) == 0 {
