@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -307,4 +308,66 @@ func TestWriteDir(t *testing.T) {
 		t.Fatalf("Substitute(file://) = %v, %v", got, err)
 	}
 	sameItems(t, src, dst, dep, lib, app)
+}
+
+// collectingTarget runs a collection right after lib is first prepared.
+type collectingTarget struct {
+	*store.Store
+	lib      string
+	prepares atomic.Int32
+}
+
+func (c *collectingTarget) PrepareImport(ctx context.Context, r io.Reader, o store.ImportOptions) (*store.PreparedImport, error) {
+	pi, err := c.Store.PrepareImport(ctx, r, o)
+	if err == nil && o.Path == c.lib && c.prepares.Add(1) == 1 {
+		if _, err := c.Store.CollectGarbage(ctx, store.GCOptions{}); err != nil {
+			pi.Discard()
+			return nil, err
+		}
+	}
+	return pi, err
+}
+
+// A collection while the closure downloads may take a blob a prepared item
+// found present (and so did not write): its commit is refused, and the
+// Substituter fetches that item again.
+func TestSubstituteCollectionMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	src := newStore(t, store.ModeBlob)
+	dep, lib, app := closure(t, src)
+	sk, pk := newKey(t)
+	srv := serve(t, src, "none", &sk)
+	dst := newStore(t, store.ModeBlob)
+	// an unrooted item holding lib's library: its blob is present when lib
+	// is prepared, and unnamed once the collection deletes the item
+	d := t.TempDir()
+	if err := os.WriteFile(filepath.Join(d, "libx.so"), randomBytes(2, 100<<10), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tr := dst.NewTempRoots() // closed at once: nothing keeps the item
+	other, err := dst.Add(store.WithTempRoots(ctx, tr), d, store.AddOptions{})
+	tr.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := &collectingTarget{Store: dst, lib: lib}
+	got, err := substituter(t, srv.URL, pk, nil).Substitute(ctx, target, []string{app})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{dep, lib, app}; !slices.Equal(got, want) {
+		t.Errorf("Substitute = %v; want %v", got, want)
+	}
+	if ok, _ := dst.IsValid(other); ok {
+		t.Fatalf("%s survived the collection: the test proves nothing", other)
+	}
+	if n := target.prepares.Load(); n != 2 {
+		t.Errorf("lib prepared %d times; want 2 (fetched again after the collection)", n)
+	}
+	sameItems(t, src, dst, dep, lib, app)
+	rep, err := dst.Verify(ctx, store.VerifyOptions{Contents: true})
+	if err != nil || len(rep.Problems) != 0 {
+		t.Errorf("verify --contents = %+v, %v", rep, err)
+	}
+	checkClean(t, dst)
 }

@@ -39,13 +39,16 @@
 //     references' narinfos, so a reader never sees a dangling one.
 //   - Substituter fetches paths and their closures from an http(s):// or
 //     file:// cache into a Target. Everything is checked before anything is
-//     imported: every narinfo's signature against the trusted keys, then
-//     every NAR (downloaded in parallel, at most Jobs at a time, and spooled
-//     decompressed to SpoolDir) against FileSize, FileHash, NarSize and
-//     NarHash. Only then are the items imported, references first, each one
-//     atomically by the store (which checks NarHash and NarSize again). So a
-//     truncated, corrupt, wrongly signed or wrongly hashed download leaves
-//     the store as it was. Transient failures (5xx, 429, connection errors, a
+//     made valid: every narinfo's signature against the trusted keys, then
+//     every NAR (downloaded in parallel, at most Jobs at a time) against
+//     FileSize and FileHash, and by the store against NarSize and NarHash
+//     while it imports the NAR as it arrives into its staging area
+//     (store.PrepareImport: nothing of the store changes yet). Only then are
+//     the items committed, references first. So a truncated, corrupt,
+//     wrongly signed or wrongly hashed download leaves the store as it was.
+//     A Target that cannot prepare (a daemon's client) has the NARs spooled
+//     decompressed to SpoolDir and checked, then imported one by one.
+//     Transient failures (5xx, 429, connection errors, a
 //     body that stalls for StallTimeout) are retried with exponential
 //     backoff; a 404 or a hash mismatch is not.
 //

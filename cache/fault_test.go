@@ -214,53 +214,67 @@ func TestSubstituteFaults(t *testing.T) {
 				}, &sk)
 			}},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			dir, narURL := writeCache(t, src, app, c.comp, sk)
-			if c.narinfo != nil {
-				c.narinfo(t, dir)
+	// The store prepares each NAR as it downloads (cache.Preparer); a
+	// daemon's client only imports, so NARs are spooled first. Both must
+	// refuse alike.
+	type importOnly struct{ cache.Target }
+	for _, spooled := range []bool{false, true} {
+		for _, c := range cases {
+			name := c.name
+			if spooled {
+				name += "/spooled"
 			}
-			fault := c.fault
-			if fault == nil {
-				fault = func(int64, http.ResponseWriter, *http.Request, []byte) bool { return false }
-			}
-			srv := newFaultServer(t, dir, narURL, fault)
-			dst := newStore(t, store.ModeDisk)
-			// The target holds part of the closure already.
-			if _, err := substituter(t, srv.URL, pk, nil).Substitute(ctx, dst, []string{dep}); err != nil {
-				t.Fatal(err)
-			}
-			before := list(t, dst)
-			sub := substituter(t, srv.URL, pk, func(o *cache.SubstituteOptions) {
-				o.Attempts = 3
-				o.StallTimeout = 300 * time.Millisecond
+			t.Run(name, func(t *testing.T) {
+				dir, narURL := writeCache(t, src, app, c.comp, sk)
+				if c.narinfo != nil {
+					c.narinfo(t, dir)
+				}
+				fault := c.fault
+				if fault == nil {
+					fault = func(int64, http.ResponseWriter, *http.Request, []byte) bool { return false }
+				}
+				srv := newFaultServer(t, dir, narURL, fault)
+				dst := newStore(t, store.ModeDisk)
+				// The target holds part of the closure already.
+				if _, err := substituter(t, srv.URL, pk, nil).Substitute(ctx, dst, []string{dep}); err != nil {
+					t.Fatal(err)
+				}
+				before := list(t, dst)
+				sub := substituter(t, srv.URL, pk, func(o *cache.SubstituteOptions) {
+					o.Attempts = 3
+					o.StallTimeout = 300 * time.Millisecond
+				})
+				var target cache.Target = dst
+				if spooled {
+					target = importOnly{dst}
+				}
+				got, err := sub.Substitute(ctx, target, []string{app})
+				if c.wantErr == "" {
+					if err != nil || !slices.Equal(got, []string{lib, app}) {
+						t.Fatalf("Substitute = %v, %v; want [lib app]", got, err)
+					}
+					sameItems(t, src, dst, dep, lib, app)
+				} else {
+					if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+						t.Fatalf("Substitute = %v, %v; want an error containing %q", got, err, c.wantErr)
+					}
+					if len(got) != 0 {
+						t.Errorf("Substitute imported %v before failing", got)
+					}
+					if after := list(t, dst); !slices.Equal(after, before) {
+						t.Errorf("store after the refusal: %v; want %v", after, before)
+					}
+					t.Logf("refused: %v", err)
+				}
+				if c.wantHits != 0 && srv.narHits.Load() != c.wantHits {
+					t.Errorf("%d requests for the NAR; want %d", srv.narHits.Load(), c.wantHits)
+				}
+				if c.wantHits == 0 && srv.narHits.Load() != 0 {
+					t.Errorf("%d requests for the NAR; want none (refused before downloading)", srv.narHits.Load())
+				}
+				checkClean(t, dst)
 			})
-			got, err := sub.Substitute(ctx, dst, []string{app})
-			if c.wantErr == "" {
-				if err != nil || !slices.Equal(got, []string{lib, app}) {
-					t.Fatalf("Substitute = %v, %v; want [lib app]", got, err)
-				}
-				sameItems(t, src, dst, dep, lib, app)
-			} else {
-				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
-					t.Fatalf("Substitute = %v, %v; want an error containing %q", got, err, c.wantErr)
-				}
-				if len(got) != 0 {
-					t.Errorf("Substitute imported %v before failing", got)
-				}
-				if after := list(t, dst); !slices.Equal(after, before) {
-					t.Errorf("store after the refusal: %v; want %v", after, before)
-				}
-				t.Logf("refused: %v", err)
-			}
-			if c.wantHits != 0 && srv.narHits.Load() != c.wantHits {
-				t.Errorf("%d requests for the NAR; want %d", srv.narHits.Load(), c.wantHits)
-			}
-			if c.wantHits == 0 && srv.narHits.Load() != 0 {
-				t.Errorf("%d requests for the NAR; want none (refused before downloading)", srv.narHits.Load())
-			}
-			checkClean(t, dst)
-		})
+		}
 	}
 }
 

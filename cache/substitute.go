@@ -32,6 +32,15 @@ type Target interface {
 	Import(ctx context.Context, r io.Reader, o store.ImportOptions) (string, error)
 }
 
+// Preparer is a Target that can stage an import and make it valid later
+// (the store itself, not the daemon): a Substituter then imports each NAR
+// as it downloads, with no spool, and commits the closure once every item
+// of it is prepared.
+type Preparer interface {
+	Target
+	PrepareImport(ctx context.Context, r io.Reader, o store.ImportOptions) (*store.PreparedImport, error)
+}
+
 // SubstituteOptions configure a Substituter.
 type SubstituteOptions struct {
 	URL         string // http://, https:// or file:// (the cache's root)
@@ -44,7 +53,8 @@ type SubstituteOptions struct {
 	Backoff      time.Duration // wait before the first retry, doubled after each (default 500ms)
 	StallTimeout time.Duration // a download with no data for this long is retried (default 30s)
 	// SpoolDir holds the downloaded NARs (decompressed) until they are
-	// imported; default os.TempDir(). A run needs room for its closure.
+	// imported, for a Target that is not a Preparer; default
+	// os.TempDir(). A run needs room for its closure.
 	SpoolDir   string
 	HTTPClient *http.Client // default: one with connect and header timeouts
 	Logger     *slog.Logger
@@ -170,7 +180,7 @@ func (s *Substituter) NarInfo(ctx context.Context, p string) (*narinfo.NarInfo, 
 
 // Substitute fetches paths and their closures from the cache into t,
 // skipping paths t holds already, and returns the paths it imported,
-// references first. Nothing is imported before every narinfo and NAR of
+// references first. Nothing is made valid before every narinfo and NAR of
 // the missing closure is fetched and checked (see the package doc).
 func (s *Substituter) Substitute(ctx context.Context, t Target, paths []string) ([]string, error) {
 	for _, p := range paths {
@@ -189,6 +199,9 @@ func (s *Substituter) Substitute(ctx context.Context, t Target, paths []string) 
 	}
 	if len(order) == 0 {
 		return nil, nil
+	}
+	if p, ok := t.(Preparer); ok {
+		return s.substitutePrepared(ctx, p, infos, order)
 	}
 	spool, err := os.MkdirTemp(s.o.SpoolDir, "storefs-substitute-")
 	if err != nil {
@@ -210,6 +223,51 @@ func (s *Substituter) Substitute(ctx context.Context, t Target, paths []string) 
 			return done, err
 		}
 		done = append(done, p)
+	}
+	return done, nil
+}
+
+// substitutePrepared downloads every NAR of order straight into t's
+// staging area (at most Jobs at a time), each item's import overlapping its
+// download, and commits them, references first, once all are prepared.
+func (s *Substituter) substitutePrepared(ctx context.Context, t Preparer, infos map[string]*narinfo.NarInfo, order []string) ([]string, error) {
+	prepared := make([]*store.PreparedImport, len(order))
+	defer func() {
+		for _, pi := range prepared {
+			if pi != nil {
+				pi.Discard()
+			}
+		}
+	}()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.o.Jobs)
+	for i, p := range order {
+		g.Go(func() (err error) {
+			prepared[i], err = s.prepare(gctx, t, infos[p])
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var done []string
+	for i, p := range order {
+		_, err := prepared[i].Commit(ctx)
+		prepared[i] = nil
+		if errors.Is(err, store.ErrContentCollected) {
+			// A collection ran while the closure downloaded and took a
+			// blob this item found present: fetch it again, once.
+			s.log.Info("fetching again: a collection removed content it relied on", "path", p)
+			var pi *store.PreparedImport
+			if pi, err = s.prepare(ctx, t, infos[p]); err == nil {
+				_, err = pi.Commit(ctx)
+			}
+		}
+		if err != nil {
+			return done, fmt.Errorf("%s: %w", p, err)
+		}
+		done = append(done, p)
+		s.log.Debug("imported", "path", p)
 	}
 	return done, nil
 }
@@ -319,10 +377,14 @@ func (c *hashCount) Write(p []byte) (int, error) {
 
 func (c *hashCount) sum() (s [32]byte) { copy(s[:], c.h.Sum(nil)); return s }
 
-// download fetches ni's NAR file into spool, decompressed, checking
-// FileSize and FileHash (when the narinfo gives them) of the file and
-// NarSize and NarHash of the NAR. Transient failures start over.
-func (s *Substituter) download(ctx context.Context, ni *narinfo.NarInfo, spool string) error {
+// fetchNAR runs consume on ni's NAR as it downloads (decompressed), then
+// reads the rest of the file and checks its FileSize and FileHash (when the
+// narinfo gives them). Transient failures start over: consume then runs
+// again on a new download. When consume fails, a corrupt compressed stream
+// or a FileSize or FileHash mismatch is the error, if there is one: it
+// names the cause (a truncated or corrupt download) better than what the
+// NAR reader made of it.
+func (s *Substituter) fetchNAR(ctx context.Context, ni *narinfo.NarInfo, consume func(ctx context.Context, nar io.Reader) error) error {
 	what := ni.StorePath + ": " + s.f.String() + "/" + ni.URL
 	return retry(ctx, s.o.Attempts, s.o.Backoff, s.o.StallTimeout, what, func(ctx context.Context, sr *stallReader) error {
 		rc, err := s.f.open(ctx, ni.URL)
@@ -334,11 +396,6 @@ func (s *Substituter) download(ctx context.Context, ni *narinfo.NarInfo, spool s
 		}
 		defer rc.Close()
 		sr.attach(rc)
-		out, err := os.Create(spool)
-		if err != nil {
-			return err
-		}
-		defer out.Close()
 		file := newHashCount()
 		body := io.TeeReader(bufio.NewReaderSize(sr, 1<<16), file)
 		dec, err := decompressor(body, ni.Compression)
@@ -349,20 +406,23 @@ func (s *Substituter) download(ctx context.Context, ni *narinfo.NarInfo, spool s
 			return fmt.Errorf("%s: %w", what, err)
 		}
 		defer dec.Close()
-		nar := newHashCount()
-		bw := bufio.NewWriterSize(out, 1<<16)
-		_, err = io.Copy(io.MultiWriter(bw, nar), dec)
-		if err == nil {
-			_, err = io.Copy(io.Discard, body) // the rest of the file, for FileHash
+		de := &errRecorder{r: dec}
+		cerr := consume(ctx, de)
+		_, rerr := io.Copy(io.Discard, body) // the rest of the file, for FileHash
+		if cerr != nil && isTransient(cerr) {
+			return cerr
 		}
-		if err != nil {
-			if isTransient(err) {
-				return err
+		if rerr != nil {
+			if isTransient(rerr) {
+				return rerr
 			}
-			return fmt.Errorf("%s: corrupt %s data: %w", what, ni.Compression, err)
+			return fmt.Errorf("%s: %w", what, rerr)
 		}
-		if err := bw.Flush(); err != nil {
-			return err
+		if de.err != nil {
+			if isTransient(de.err) {
+				return de.err
+			}
+			return fmt.Errorf("%s: corrupt %s data: %w", what, ni.Compression, de.err)
 		}
 		if ni.FileSize != 0 && uint64(file.n) != ni.FileSize {
 			return fmt.Errorf("%s: file size mismatch: got %d bytes, the narinfo says %d (truncated or corrupt download); refused", what, file.n, ni.FileSize)
@@ -373,15 +433,76 @@ func (s *Substituter) download(ctx context.Context, ni *narinfo.NarInfo, spool s
 				return fmt.Errorf("%s: file hash mismatch: got sha256:%s, the narinfo says %s (corrupt download); refused", what, nixbase32.EncodeToString(got[:]), ni.FileHash)
 			}
 		}
-		if uint64(nar.n) != ni.NarSize {
-			return fmt.Errorf("%s: NAR size mismatch: got %d bytes, the narinfo says %d; refused", what, nar.n, ni.NarSize)
+		if cerr != nil {
+			return fmt.Errorf("%s: %w", what, cerr)
 		}
-		if got := nar.sum(); !slices.Equal(got[:], ni.NarHash.Digest()) {
-			return fmt.Errorf("%s: NAR hash mismatch: got %s, the narinfo says %s; refused", what, store.NixHash(got), ni.NarHash)
-		}
-		s.log.Debug("downloaded", "path", ni.StorePath, "url", ni.URL, "fileSize", file.n, "narSize", nar.n)
+		s.log.Debug("downloaded", "path", ni.StorePath, "url", ni.URL, "fileSize", file.n)
 		return nil
 	})
+}
+
+// errRecorder keeps the first error other than EOF its reader returned (a
+// decompressor's, or a transient read error below it).
+type errRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// download fetches ni's NAR into spool, decompressed, checking it against
+// NarSize and NarHash (and the file against FileSize and FileHash).
+func (s *Substituter) download(ctx context.Context, ni *narinfo.NarInfo, spool string) error {
+	return s.fetchNAR(ctx, ni, func(ctx context.Context, r io.Reader) error {
+		out, err := os.Create(spool)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		nar := newHashCount()
+		bw := bufio.NewWriterSize(out, 1<<16)
+		if _, err := io.Copy(io.MultiWriter(bw, nar), r); err != nil {
+			return err
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		if uint64(nar.n) != ni.NarSize {
+			return fmt.Errorf("NAR size mismatch: got %d bytes, the narinfo says %d; refused", nar.n, ni.NarSize)
+		}
+		if got := nar.sum(); !slices.Equal(got[:], ni.NarHash.Digest()) {
+			return fmt.Errorf("NAR hash mismatch: got %s, the narinfo says %s; refused", store.NixHash(got), ni.NarHash)
+		}
+		return nil
+	})
+}
+
+// prepare fetches ni's NAR straight into t's staging area (t checks
+// NarHash and NarSize), for Commit once the whole closure is prepared.
+func (s *Substituter) prepare(ctx context.Context, t Preparer, ni *narinfo.NarInfo) (*store.PreparedImport, error) {
+	var pi *store.PreparedImport
+	err := s.fetchNAR(ctx, ni, func(ctx context.Context, r io.Reader) error {
+		if pi != nil { // an earlier attempt's, which the file then failed
+			pi.Discard()
+			pi = nil
+		}
+		var err error
+		pi, err = t.PrepareImport(ctx, bufio.NewReaderSize(r, 1<<16), s.importOptions(ni))
+		return err
+	})
+	if err != nil {
+		if pi != nil {
+			pi.Discard()
+		}
+		return nil, err
+	}
+	return pi, nil
 }
 
 // importOne imports a downloaded NAR under its path, with its references,
@@ -392,6 +513,17 @@ func (s *Substituter) importOne(ctx context.Context, t Target, ni *narinfo.NarIn
 		return err
 	}
 	defer f.Close()
+	if _, err := t.Import(ctx, bufio.NewReaderSize(f, 1<<16), s.importOptions(ni)); err != nil {
+		return fmt.Errorf("%s: %w", ni.StorePath, err)
+	}
+	os.Remove(spool)
+	s.log.Debug("imported", "path", ni.StorePath)
+	return nil
+}
+
+// importOptions import ni's NAR under its path, with its references,
+// deriver and content address, checking NarHash and NarSize.
+func (s *Substituter) importOptions(ni *narinfo.NarInfo) store.ImportOptions {
 	o := store.ImportOptions{
 		Path:    ni.StorePath,
 		NarHash: ni.NarHash.String(),
@@ -404,10 +536,5 @@ func (s *Substituter) importOne(ctx context.Context, t Target, ni *narinfo.NarIn
 	if ni.Deriver != "" {
 		o.Deriver = s.o.StoreDir + "/" + path.Base(ni.Deriver)
 	}
-	if _, err := t.Import(ctx, bufio.NewReaderSize(f, 1<<16), o); err != nil {
-		return fmt.Errorf("%s: %w", ni.StorePath, err)
-	}
-	os.Remove(spool)
-	s.log.Debug("imported", "path", ni.StorePath)
-	return nil
+	return o
 }

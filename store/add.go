@@ -150,6 +150,12 @@ func (it *item) treePath(rel string) string {
 // resolveRefs checks that each reference is a valid path of this store and
 // returns their base names, sorted and unique.
 func (s *Store) resolveRefs(refs []string) ([]string, error) {
+	return s.parseRefs(refs, true)
+}
+
+// parseRefs is resolveRefs, checking validity only if valid is set (a
+// prepared import's references are checked when it is registered).
+func (s *Store) parseRefs(refs []string, valid bool) ([]string, error) {
 	var out []string
 	for _, r := range refs {
 		base, rel, err := SplitStorePath(s.storeDir, r)
@@ -158,6 +164,10 @@ func (s *Store) resolveRefs(refs []string) ([]string, error) {
 		}
 		if rel != "" {
 			return nil, fmt.Errorf("reference %s: not a store path (has a path below the item)", r)
+		}
+		if !valid {
+			out = append(out, base)
+			continue
 		}
 		ok, err := s.reg.IsValid(base)
 		if err != nil {
@@ -257,7 +267,7 @@ func (s *Store) PathOf(ctx context.Context, src string, o AddOptions) (string, e
 func (s *Store) Add(ctx context.Context, src string, o AddOptions) (string, error) {
 	for attempt := 1; ; attempt++ {
 		p, err := s.add(ctx, src, o)
-		if errors.Is(err, errBlobCollected) && attempt < 3 {
+		if errors.Is(err, ErrContentCollected) && attempt < 3 {
 			continue
 		}
 		if err == nil && o.Root != "" {
@@ -469,9 +479,11 @@ func (it *item) skeleton(n *node) error {
 
 var errChanged = errors.New("file changed while it was being added")
 
-// errBlobCollected: a blob an add relied on was collected before the add
-// registered its item; Add starts again (it re-reads its source).
-var errBlobCollected = errors.New("a collection removed a blob this add relied on; add it again")
+// ErrContentCollected: a blob, manifest or chunk an add or import found
+// present, and so did not write, was collected before the item was
+// registered. Add starts again (it re-reads its source); an import, whose
+// stream is gone, fails with it, and its caller may fetch the NAR again.
+var ErrContentCollected = errors.New("a collection removed a blob this add relied on; add it again")
 
 // readExact reads a file that must have exactly size bytes (it reads one
 // byte more to notice a file that grew). It uses a raw descriptor: an

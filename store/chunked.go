@@ -163,7 +163,7 @@ func (it *item) importChunked(n *node, nr io.Reader, w *nar.Writer) error {
 }
 
 // checkContents reports a blob, manifest or chunk a tree about to be
-// registered relies on that is not there (errBlobCollected: a collection
+// registered relies on that is not there (ErrContentCollected: a collection
 // removed it since the add found it present). Called under the shared GC
 // lock after the item's own content was committed.
 //
@@ -175,7 +175,7 @@ func (s *Store) checkContents(info *registry.PathInfo, root *node, batch *cas.Ba
 		if ok, err := area.Has(k); err != nil {
 			missing = err
 		} else if !ok {
-			missing = fmt.Errorf("%w: %s %s (adding %s)", errBlobCollected, what, k, info.Path)
+			missing = fmt.Errorf("%w: %s %s (adding %s)", ErrContentCollected, what, k, info.Path)
 		}
 	}
 	var walk func(n *node)

@@ -65,28 +65,95 @@ func (s *Store) AddNAR(ctx context.Context, r io.Reader, o ImportOptions) (strin
 }
 
 func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, prefix string) (string, error) {
+	pi, err := s.prepareNAR(ctx, r, o, prefix, true)
+	if err != nil {
+		return "", err
+	}
+	defer pi.Discard()
+	return pi.Commit(ctx)
+}
+
+// PreparedImport is a NAR read into the store's staging area and checked
+// (strictly parsed, NarHash and NarSize as asked), but not yet valid: no
+// path of the store changed. Commit makes it valid; Discard drops it. A
+// caller fetching a closure prepares every item (in parallel, as they
+// arrive) and commits them, references first, only once all are prepared,
+// so a bad download of any leaves the store as it was.
+//
+// Its references need not be valid while it is prepared; Commit refuses
+// one that is not valid then (ErrNotValid). A prepared import holds its
+// staging dir (a collector leaves it alone while this process lives) and,
+// in blob mode, its staged blobs, until Commit or Discard.
+type PreparedImport struct {
+	s      *Store
+	it     *item
+	root   *node
+	info   *registry.PathInfo
+	path   string
+	gcRoot string
+	prefix string
+}
+
+// PrepareImport is the first half of Import for a named path (o.Path) or a
+// content-addressed one: it reads and checks the NAR and stages its
+// contents. Commit or Discard the result.
+func (s *Store) PrepareImport(ctx context.Context, r io.Reader, o ImportOptions) (*PreparedImport, error) {
+	return s.prepareNAR(ctx, r, o, "import: ", false)
+}
+
+// Path is the store path the prepared item will have.
+func (pi *PreparedImport) Path() string { return pi.path }
+
+// Commit makes the prepared item valid (with its GC root, if asked) and
+// returns its path. A path valid already is left as it was. Commit is
+// called once; the item is discarded whether it succeeds or not.
+func (pi *PreparedImport) Commit(ctx context.Context) (string, error) {
+	if pi.it == nil {
+		return "", errors.New("import: committed or discarded already")
+	}
+	defer pi.Discard()
+	if err := pi.it.finish(pi.root, pi.info); err != nil {
+		return "", fmt.Errorf("%s%w", pi.prefix, err)
+	}
+	if pi.gcRoot != "" {
+		if _, err := pi.s.AddRoot(ctx, pi.gcRoot, pi.path, false); err != nil {
+			return "", err
+		}
+	}
+	return pi.path, nil
+}
+
+// Discard drops what the import staged (nothing, after Commit).
+func (pi *PreparedImport) Discard() {
+	if pi.it != nil {
+		pi.it.discard()
+		pi.it = nil
+	}
+}
+
+func (s *Store) prepareNAR(ctx context.Context, r io.Reader, o ImportOptions, prefix string, refsValid bool) (*PreparedImport, error) {
 	var base string // the named path's base name (o.Path), or ""
 	if o.Path != "" {
 		b, rel, err := SplitStorePath(s.storeDir, o.Path)
 		if err != nil || rel != "" {
-			return "", fmt.Errorf("%sbad store path %q (this store's dir is %s)", prefix, o.Path, s.storeDir)
+			return nil, fmt.Errorf("%sbad store path %q (this store's dir is %s)", prefix, o.Path, s.storeDir)
 		}
 		_, name, _ := ParseBaseName(b)
 		if o.Name != "" && o.Name != name {
-			return "", fmt.Errorf("%sname %q differs from the path's %q", prefix, o.Name, name)
+			return nil, fmt.Errorf("%sname %q differs from the path's %q", prefix, o.Name, name)
 		}
 		base, o.Name = b, name
 	} else if o.Deriver != "" || o.CA != "" {
-		return "", fmt.Errorf("%sa deriver or content address is only recorded for a named path", prefix)
+		return nil, fmt.Errorf("%sa deriver or content address is only recorded for a named path", prefix)
 	}
 	if err := CheckName(o.Name); err != nil {
-		return "", err
+		return nil, err
 	}
 	var wantHash *[32]byte
 	if o.NarHash != "" {
 		h, err := nixhash.ParseAny(o.NarHash, nil)
 		if err != nil || h.Algo() != nixhash.SHA256 {
-			return "", fmt.Errorf("%sbad NAR hash %q: want a sha256", prefix, o.NarHash)
+			return nil, fmt.Errorf("%sbad NAR hash %q: want a sha256", prefix, o.NarHash)
 		}
 		wantHash = (*[32]byte)(h.Digest())
 	}
@@ -94,7 +161,7 @@ func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, pre
 	if o.Deriver != "" {
 		d, rel, err := SplitStorePath(s.storeDir, o.Deriver)
 		if err != nil || rel != "" {
-			return "", fmt.Errorf("%sbad deriver %q", prefix, o.Deriver)
+			return nil, fmt.Errorf("%sbad deriver %q", prefix, o.Deriver)
 		}
 		deriver = d
 	}
@@ -109,55 +176,52 @@ func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, pre
 			return false
 		})
 	}
-	refs, err := s.resolveRefs(refList)
+	refs, err := s.parseRefs(refList, refsValid)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if self {
 		refs = sortedUnique(append(refs, base))
 	}
 	it, err := s.newItem(ctx, o.NoDedup)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer it.discard()
+	ok := false
+	defer func() {
+		if !ok {
+			it.discard()
+		}
+	}()
 	if o.Dedup != nil {
 		defer func() { o.Dedup.Add(it.stats) }()
 	}
 	root, sum, size, err := it.ingestNAR(ctx, nar.NewReader(r), o.Progress)
 	if err != nil {
-		return "", fmt.Errorf("%s%w", prefix, err)
+		return nil, fmt.Errorf("%s%w", prefix, err)
 	}
 	if wantHash != nil && sum != *wantHash {
-		return "", fmt.Errorf("%sNAR hash mismatch: got %s, want %s", prefix, NixHash(sum), NixHash(*wantHash))
+		return nil, fmt.Errorf("%sNAR hash mismatch: got %s, want %s", prefix, NixHash(sum), NixHash(*wantHash))
 	}
 	if o.NarSize != 0 && size != o.NarSize {
-		return "", fmt.Errorf("%sNAR size mismatch: got %d bytes, want %d", prefix, size, o.NarSize)
+		return nil, fmt.Errorf("%sNAR size mismatch: got %d bytes, want %d", prefix, size, o.NarSize)
 	}
-	var info *registry.PathInfo
-	var p string
+	pi := &PreparedImport{s: s, it: it, root: root, gcRoot: o.Root, prefix: prefix}
 	if base != "" {
-		p = s.FullPath(base)
-		info = &registry.PathInfo{Path: base, NarHash: sum, NarSize: size, References: refs, Deriver: deriver, CA: o.CA}
+		pi.path = s.FullPath(base)
+		pi.info = &registry.PathInfo{Path: base, NarHash: sum, NarSize: size, References: refs, Deriver: deriver, CA: o.CA}
 	} else {
-		p = MakeSourcePath(s.storeDir, sum, o.Name, s.fullPaths(refs))
-		info = &registry.PathInfo{
-			Path:       filepath.Base(p),
+		pi.path = MakeSourcePath(s.storeDir, sum, o.Name, s.fullPaths(refs))
+		pi.info = &registry.PathInfo{
+			Path:       filepath.Base(pi.path),
 			NarHash:    sum,
 			NarSize:    size,
 			References: refs,
 			CA:         "fixed:r:sha256:" + NixHash(sum)[len("sha256:"):],
 		}
 	}
-	if err := it.finish(root, info); err != nil {
-		return "", fmt.Errorf("%s%w", prefix, err)
-	}
-	if o.Root != "" {
-		if _, err := s.AddRoot(ctx, o.Root, p, false); err != nil {
-			return "", err
-		}
-	}
-	return p, nil
+	ok = true
+	return pi, nil
 }
 
 // ingestNAR stores the nodes of an archive as they stream by (blobs, or the
