@@ -3,8 +3,10 @@
 # `storefs serve`: by `storefs substitute` (blob and disk mode) and by `nix copy --from` into a
 # fresh Nix store, from the same server in the same run, with compression none (NARs streamed
 # from the store) and zstd (compressed once into serve's cache dir by an untimed warm-up
-# fetch, then served from there). Prints seconds, NAR MB/s, files/s and the ratio
-# storefs/nix copy (< 1: storefs is faster).
+# fetch, then served from there). The other way too: the closure written as a file:// binary
+# cache by `storefs copy --to` (from its disk store) and by `nix copy --to` (from the Nix store
+# nix copy --from filled). Prints seconds, NAR MB/s, files/s and the ratio storefs/nix copy
+# (< 1: storefs is faster).
 #
 # CORPUS is a directory whose subdirectories are the items (e.g. `build.sh small DIR` of the
 # shared corpus builder); default: the Go toolchain's top-level trees. The closure is the items
@@ -64,6 +66,12 @@ for comp in none zstd; do
   t[nix-$comp]=$(bench_elapsed nix copy --from "$url" --to "$r" --option trusted-public-keys "$(cat "$work/public")" "$top")
   [ "$(nix-store --store "$r" -q --hash "$top")" = "$("$bin" --state "$src" info --json "$top" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["narHash"])')" ] \
     || { echo "nix copy ($comp) did not give the item; its output:" >&2; cat "$work/out" >&2; exit 1; }
+  # the other way: the closure written as a file:// binary cache, by storefs from its store and
+  # by nix copy --to from the Nix store it just filled
+  t[to-nix-$comp]=$(bench_elapsed nix copy --store "$r" --to "file://$work/to-nix-$comp?compression=$comp" "$top")
+  [ -f "$work/to-nix-$comp/$(basename "$top" | cut -c1-32).narinfo" ] || { echo "nix copy --to ($comp) wrote no narinfo; its output:" >&2; cat "$work/out" >&2; exit 1; }
+  t[to-sf-$comp]=$(bench_elapsed "$bin" --state "$src" --no-progress copy --to "file://$work/to-sf-$comp" --sign-key "$work/secret" --compression "$comp" "$top")
+  [ -f "$work/to-sf-$comp/$(basename "$top" | cut -c1-32).narinfo" ] || { echo "storefs copy --to ($comp) wrote no narinfo; its output:" >&2; cat "$work/out" >&2; exit 1; }
   chmod -R u+w "$r"; rm -rf "$r" "$HOME/.cache"
 done
 
@@ -77,3 +85,8 @@ for comp in none zstd; do
   for mode in blob disk; do row "storefs substitute, $mode ($comp)" "${t[$mode-$comp]}" "${t[nix-$comp]}"; done
 done
 printf '%-38s %8.2f   (first fetch: compressing every NAR once into the cache dir)\n' "storefs substitute, blob (zstd, cold)" "${t[warm-zstd]}"
+printf '\n%-38s %8s %9s %10s %9s\n' "to a file:// binary cache" "seconds" "NAR MB/s" "files/s" "vs nix"
+for comp in none zstd; do
+  row "nix copy --to ($comp)" "${t[to-nix-$comp]}" ""
+  row "storefs copy --to, disk ($comp)" "${t[to-sf-$comp]}" "${t[to-nix-$comp]}"
+done
