@@ -423,15 +423,14 @@ func readTests(t *testing.T, fx *fixture, m *mount) {
 			for range 50 {
 				time.Sleep(20 * time.Millisecond)
 				dropIdle()
-				if c := count(); c == n {
-					return n
-				} else {
-					n = c
+				c := count()
+				if c == n {
+					break
 				}
+				n = c
 			}
 			return n
 		}
-		dropIdle()
 		before := settle()
 		f, err := os.Open(filepath.Join(tree, "big"))
 		if err != nil {

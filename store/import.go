@@ -69,8 +69,7 @@ func (s *Store) importNAR(ctx context.Context, r io.Reader, o ImportOptions, pre
 	if err != nil {
 		return "", err
 	}
-	defer pi.Discard()
-	return pi.Commit(ctx)
+	return pi.Commit(ctx) // which discards what is left staged
 }
 
 // PreparedImport is a NAR read into the store's staging area and checked
