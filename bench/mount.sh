@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench/mount.sh [TREE...] — reading through `storefs mount` against the native trees, bindfs of
-# them, squashfuse of a squashfs image of them and (as root, where loop devices work) the kernel's
-# squashfs of the same image, measured in one run:
+# bench/mount.sh [TREE...] — reading through `storefs mount` (files opened without a request, the
+# default; and `storefs-open`: --open-files, with passthrough as root) against the native trees,
+# bindfs of them, squashfuse of a squashfs image of them and (as root, where loop devices work) the
+# kernel's squashfs of the same image, measured in one run:
 #   (a) interpreter start-up: `python3 -c 'import json, email, asyncio'`, 20 runs per tree that
 #       has bin/python3 (LD_LIBRARY_PATH=<tree>/lib PYTHONHOME=<tree>); once as is and once with
 #       PYTHONPYCACHEPREFIX (bytecode cached outside the tree: the store's mtime 1 makes CPython's
@@ -117,6 +118,21 @@ mkdir -p "$sfmp"
 sfpid=$!; pids+=("$sfpid"); mounts+=("$sfmp")
 waitmount "$sfmp" "$sfpid"
 for _ in $(seq 100); do grep -q 'mounted at' "$work/storefs-mount.log" && break; sleep 0.05; done
+# the same items in a second store (a store has one mount), mounted with --open-files: every open a
+# request to storefs, and passthrough reads as root on Linux 6.9+
+state2=$work/state-open
+"$bin" --state "$state2" init --mode blob >/dev/null
+for i in "${!trees[@]}"; do
+  name=$(printf '%s' "${names[$i]}" | tr -c 'A-Za-z0-9+._?=-' '_')
+  "$bin" --state "$state2" --no-progress add --name "$name" "${trees[$i]}" >/dev/null
+done
+"$bin" --state "$state2" --no-progress add --name bigfile "$bigfile" >/dev/null
+sfmp2=$work/mnt/storefs-open
+mkdir -p "$sfmp2"
+"$bin" --state "$state2" --no-progress mount --open-files "$sfmp2" 2> "$work/storefs-open-mount.log" &
+pids+=("$!"); mounts+=("$sfmp2")
+waitmount "$sfmp2" "$!"
+for _ in $(seq 100); do grep -q 'mounted at' "$work/storefs-open-mount.log" && break; sleep 0.05; done
 
 # ---- bindfs: each native tree, read-only -------------------------------------------------------
 bind_dirs=()
@@ -155,15 +171,18 @@ ksq_dirs=()
 for n in "${names[@]}"; do ksq_dirs+=("$work/mnt/squashfs-trees/$n"); done
 printf 'storefs add of the trees and the big file: %.1f s; mksquashfs of both images: %.1f s (%s + %s)\n' "$t_add" "$t_sq" \
   "$(du -h "$work/trees.sqfs" | cut -f1)" "$(du -h "$work/big.sqfs" | cut -f1)"
-printf '%s\n' "$(sed -n 's/^storefs mount: //p' "$work/storefs-mount.log" | head -1)"
+printf 'storefs: %s\n' "$(sed -n 's/^storefs mount: //p' "$work/storefs-mount.log" | head -1)"
+printf 'storefs-open (--open-files): %s\n' "$(sed -n 's/^storefs mount: //p' "$work/storefs-open-mount.log" | head -1)"
 
 # ---- the systems ---------------------------------------------------------------------------------
-systems=(native storefs bindfs squashfuse)
+systems=(native storefs storefs-open bindfs squashfuse)
 [ "$ksq" = yes ] && systems+=(squashfs)
 declare -A dirs big
 sf_dirs=(); for it in "${items[@]}"; do sf_dirs+=("$sfmp/$it"); done
 dirs[native]="${trees[*]}";  big[native]=$bigfile
 dirs[storefs]="${sf_dirs[*]}"; big[storefs]=$sfmp/$bigitem
+sf_dirs2=(); for it in "${items[@]}"; do sf_dirs2+=("$sfmp2/$it"); done
+dirs[storefs-open]="${sf_dirs2[*]}"; big[storefs-open]=$sfmp2/$bigitem
 dirs[bindfs]="${bind_dirs[*]}"; big[bindfs]=$work/mnt/bindfs-big/bigfile
 dirs[squashfuse]="${sq_dirs[*]}"; big[squashfuse]=$work/mnt/squashfuse-big/bigfile
 dirs[squashfs]="${ksq_dirs[*]}"; big[squashfs]=$work/mnt/squashfs-big/bigfile
@@ -281,5 +300,5 @@ echo "    (python3 -v: 'bytecode is stale'); (a2) caches bytecode outside the tr
 rss_of() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 printf '\n(e) storefs mount RSS: %s KiB after the full walk, %s KiB at the end (peak %s KiB)\n' "${rss_walk:-?}" "$rss_end" "$hwm_end"
 printf '    for comparison: bindfs'
-for i in "${!trees[@]}"; do printf ' %s' "$(rss_of "${pids[$((1 + i))]}")"; done
-printf ' KiB (one per tree), squashfuse %s KiB (trees image)\n' "$(rss_of "${pids[$((2 + ${#trees[@]}))]}")"
+for i in "${!trees[@]}"; do printf ' %s' "$(rss_of "${pids[$((2 + i))]}")"; done
+printf ' KiB (one per tree), squashfuse %s KiB (trees image)\n' "$(rss_of "${pids[$((3 + ${#trees[@]}))]}")"

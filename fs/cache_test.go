@@ -74,6 +74,21 @@ func (c *countingFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (
 	return c.RawFileSystem.Read(cancel, in, buf)
 }
 
+func (c *countingFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	c.count("open", "")
+	return c.RawFileSystem.Open(cancel, in, out)
+}
+
+func (c *countingFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	c.count("release", "")
+	c.RawFileSystem.Release(cancel, in)
+}
+
+func (c *countingFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	c.count("flush", "")
+	return c.RawFileSystem.Flush(cancel, in)
+}
+
 func (c *countingFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
 	c.count("readlink", "")
 	return c.RawFileSystem.Readlink(cancel, h)
@@ -175,6 +190,27 @@ func TestKernelCaching(t *testing.T) {
 		}
 		if n := c.get("releasedir"); n != 0 {
 			t.Errorf("3 walks of an item: %d releasedir requests, want 0", n)
+		}
+	})
+
+	// Files too are opened without OPEN (the default: no OpenFiles), and
+	// closed without FLUSH (answered ENOSYS once) or RELEASE.
+	t.Run("NoOpen", func(t *testing.T) {
+		for range 3 {
+			for _, name := range []string{"big", "page", "one", "shared.txt"} {
+				if _, err := os.ReadFile(m.path(tree, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if n := c.get("open"); n > 1 {
+			t.Errorf("12 opens of 4 files: %d open requests, want at most 1 (the first, answered ENOSYS)", n)
+		}
+		if n := c.get("flush"); n > 1 {
+			t.Errorf("12 closes: %d flush requests, want at most 1 (the first, answered ENOSYS)", n)
+		}
+		if n := c.get("release"); n != 0 {
+			t.Errorf("12 closes: %d release requests, want 0", n)
 		}
 	})
 

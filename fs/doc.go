@@ -18,9 +18,13 @@
 // cache; directories and symlinks get one inode per (item, path). Numbers are
 // the same across remounts, and readdir's d_ino equals stat's st_ino.
 //
-// Reads go through passthrough to the blob file where the kernel and
-// privileges allow (root, Linux 6.9+), otherwise they are spliced from the
-// open blob descriptor. No registry transaction happens per read.
+// Opens: the kernel opens files and directories without a request
+// (noopendir.go), and reads the pages it has not cached through
+// fileNode.Read, which preads the blob. With Options.OpenFiles (always in
+// chunk mode) every open is a request, and reads go through passthrough to
+// the blob file where the kernel and privileges allow (root, Linux 6.9+),
+// otherwise they are spliced from the open blob descriptor. No registry
+// transaction happens per read.
 //
 // Memory: every node below the root is created with NewInode (not
 // persistent), so go-fuse forgets it when the kernel does.

@@ -130,18 +130,36 @@ func mountStore(t testing.TB, s *store.Store) *mount {
 
 func mountStoreAt(t testing.TB, s *store.Store, dir string) *mount {
 	t.Helper()
-	return mountStoreWith(t, s, dir, os.Geteuid() == 0)
+	return mountStoreWith(t, s, dir, noOpen)
 }
 
-// mountStoreWith is mountStoreAt with passthrough asked for or not (without
-// it, reads are served from the blob descriptors by this process).
-func mountStoreWith(t testing.TB, s *store.Store, dir string, passthrough bool) *mount {
+// readPath is how a test mount serves file reads.
+type readPath string
+
+const (
+	noOpen      readPath = "no-open"     // the default: files opened without a request
+	splice      readPath = "splice"      // OpenFiles, reads spliced by this process
+	passthrough readPath = "passthrough" // OpenFiles and passthrough (root)
+)
+
+// readPaths are the read paths this process can test.
+func readPaths() []readPath {
+	rp := []readPath{noOpen, splice}
+	if os.Geteuid() == 0 {
+		rp = append(rp, passthrough)
+	}
+	return rp
+}
+
+// mountStoreWith is mountStoreAt with the read path rp.
+func mountStoreWith(t testing.TB, s *store.Store, dir string, rp readPath) *mount {
 	t.Helper()
 	requireFUSE(t)
 	root := sfs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), sfs.Options{
 		UID:         uint32(os.Getuid()),
 		GID:         uint32(os.Getgid()),
-		Passthrough: passthrough,
+		OpenFiles:   rp != noOpen,
+		Passthrough: rp == passthrough,
 		Chunks:      s.Chunks(),
 	})
 	s.OnChange(root.Changed)
@@ -208,7 +226,7 @@ func mountInfoOptions(t *testing.T, dir string) []string {
 
 // srcTree writes files below a directory.
 type srcTree struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 }
 
@@ -232,7 +250,7 @@ func (w srcTree) symlink(rel, target string) {
 	must(w.t, os.Symlink(target, p))
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/store"
 )
 
@@ -128,20 +129,83 @@ func TestLive(t *testing.T) {
 		}
 	})
 
-	modes := []bool{false}
-	if os.Geteuid() == 0 {
-		modes = append(modes, true)
+	// With handles (OpenFiles), an open file holds its blob's descriptor:
+	// it stays readable whoever deletes the blob. (Without them, a
+	// collection keeps it: TestOpenFileOutlivesCollection.)
+	for i, rp := range readPaths()[1:] {
+		mm := mountStoreWith(t, s, t.TempDir(), rp)
+		t.Run("OpenFileOutlivesBlob/"+string(rp), func(t *testing.T) { openFileOutlivesBlob(t, s, mm, srcDir, uint64(7+i)) })
 	}
-	for i, pt := range modes {
-		name := "OpenFileOutlivesBlob/splice"
-		if pt {
-			name = "OpenFileOutlivesBlob/passthrough"
+}
+
+// TestOpenFileOutlivesCollection: on a mount whose files the kernel opens
+// without a request (the default), a file held open stays readable after
+// its item is collected: the mount reports every file the kernel knows in
+// use, and the collection (run in the process that owns the store, as the
+// daemon socket of a mount makes it) keeps its blob; once the file is
+// closed and its entry gone, the kernel forgets it and the next collection
+// frees the blob.
+func TestOpenFileOutlivesCollection(t *testing.T) {
+	requireFUSE(t)
+	s := newStore(t)
+	ctx := context.Background()
+	content := randBytes(31, 2<<20+11)
+	src := srcTree{t, filepath.Join(t.TempDir(), "held")}
+	src.file("data", content, 0o644)
+	src.file("other", []byte("looked up, never opened\n"), 0o644)
+	tr := s.NewTempRoots()
+	p, err := s.Add(store.WithTempRoots(ctx, tr), src.dir, store.AddOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Close() // nothing roots the item now
+	m := mountStoreWith(t, s, t.TempDir(), noOpen)
+	f, err := os.Open(m.path(filepath.Base(p), "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 100)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(m.path(filepath.Base(p), "other")); err != nil {
+		t.Fatal(err)
+	}
+	blob := blobPath(t, s, filepath.Join(src.dir, "data"))
+	res, err := s.CollectGarbage(ctx, store.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Deleted) != 1 || !exists(blob) {
+		t.Fatalf("gc with the file open: deleted %v, %d blobs, blob kept: %v; want the item only", res.Deleted, res.BlobsRemoved, exists(blob))
+	}
+	// Drop the file's cached pages, so that the reads below reach storefs.
+	must(t, unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED))
+	got := make([]byte, len(content))
+	for _, off := range []int{len(content) - 70000, 1 << 20, 0} {
+		n, err := f.ReadAt(got[off:min(off+300000, len(content))], int64(off))
+		if (err != nil && err != io.EOF) || !bytes.Equal(got[off:off+n], content[off:off+n]) {
+			t.Fatalf("read at %d after the collection: %d bytes, %v", off, n, err)
 		}
-		mm := m
-		if pt != (os.Geteuid() == 0) {
-			mm = mountStoreWith(t, s, t.TempDir(), pt)
-		}
-		t.Run(name, func(t *testing.T) { openFileOutlivesBlob(t, s, mm, srcDir, uint64(7+i)) })
+	}
+	if !eventually(5*time.Second, func() bool { return !exists(m.path(filepath.Base(p))) }) {
+		t.Errorf("the collected item still resolves")
+	}
+	f.Close()
+	key, err := cas.ParseKey(filepath.Base(blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(5*time.Second, func() bool { return !slices.Contains(m.root.InUse(), key) }) {
+		t.Fatal("the closed file of a collected item is still reported in use")
+	}
+	res, err = s.CollectGarbage(ctx, store.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BlobsRemoved != 2 || exists(blob) {
+		t.Errorf("gc after the close: %d blobs removed, blob still there: %v; want 2 (data and other), gone", res.BlobsRemoved, exists(blob))
 	}
 }
 

@@ -41,9 +41,10 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 }
 
 // RawFS is the file system Mount serves: go-fuse's node bridge for root,
-// with directories opened by the kernel without an OPENDIR (noOpendir).
+// with directories, and files unless root.o.OpenFiles, opened by the
+// kernel without a request (noOpendir).
 func RawFS(root *Root, opts *gofs.Options) fuse.RawFileSystem {
-	return newNoOpendir(gofs.NewNodeFS(root, opts))
+	return newNoOpendir(gofs.NewNodeFS(root, opts), !root.o.OpenFiles)
 }
 
 // FuseOptions are the go-fuse options Mount uses (for callers that build
@@ -88,6 +89,9 @@ func ReadPath(srv *fuse.Server, root *Root) string {
 }
 
 func readPath(srv *fuse.Server, root *Root) string {
+	if !root.o.OpenFiles && srv.KernelSettings().Flags64()&fuse.CAP_NO_OPEN_SUPPORT != 0 {
+		return "files opened without a request to storefs; the kernel caches their pages, and reads the rest from the blob files through storefs"
+	}
 	if root.o.Passthrough && srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 {
 		return "passthrough to the blob files (kernel reads them directly)"
 	}

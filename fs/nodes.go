@@ -9,6 +9,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/chunk"
@@ -126,6 +127,7 @@ type fileNode struct {
 
 var (
 	_ gofs.NodeOpener    = (*fileNode)(nil)
+	_ gofs.NodeReader    = (*fileNode)(nil)
 	_ gofs.NodeGetattrer = (*fileNode)(nil)
 )
 
@@ -175,6 +177,63 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return nil, 0, syscall.EIO
 	}
 	return &blobFile{b: b, fds: f.root.fds, passthrough: f.root.o.Passthrough}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+}
+
+// Read serves the pages of the file the kernel has not cached: through the
+// handle Open made, or, for a file the kernel opened without a request
+// (no OpenFiles), from its blob through the shared descriptors. That read
+// copies (pread): splicing would need the descriptor to stay open until
+// go-fuse has sent the reply, after this returns.
+func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if r, ok := fh.(gofs.FileReader); ok {
+		return r.Read(ctx, dest, off)
+	}
+	if off >= f.node.Size {
+		return fuse.ReadResultData(nil), 0
+	}
+	dest = dest[:min(int64(len(dest)), f.node.Size-off)]
+	k := cas.Key(f.node.Key)
+	if c := f.root.o.Chunks; c != nil && chunk.Chunked(f.node.Size) {
+		// (chunk mode opens its files, so this is not reached)
+		cf, err := c.Open(k, f.node.Size)
+		if err != nil {
+			return nil, f.readErr(k, err)
+		}
+		defer cf.Close()
+		n, err := cf.ReadAt(dest, off)
+		if err != nil && err != io.EOF {
+			return nil, f.readErr(k, err)
+		}
+		return fuse.ReadResultData(dest[:n]), 0
+	}
+	b, err := f.root.fds.get(k)
+	if err != nil {
+		return nil, f.readErr(k, err)
+	}
+	defer f.root.fds.put(b)
+	n := 0
+	for n < len(dest) {
+		m, err := unix.Pread(b.fd, dest[n:], off+int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, f.readErr(k, err)
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// readErr logs a failed read of a valid file's content (a damaged store,
+// or a blob collected while the kernel knew its file: InUse prevents that
+// for collections this process runs) and gives the kernel EIO.
+func (f *fileNode) readErr(k cas.Key, err error) syscall.Errno {
+	f.root.log.Error("storefs mount: read", "key", k.String(), "err", err)
+	return syscall.EIO
 }
 
 // blobFile is an open blob: the kernel reads it directly (passthrough) or

@@ -81,7 +81,7 @@ func listDir(t *testing.T, w *noOpendir, node uint64, upTo int) []string {
 
 func TestNoOpendirHandles(t *testing.T) {
 	f := &fakeDirs{n: 35, open: map[uint64]uint64{}}
-	w := newNoOpendir(f)
+	w := newNoOpendir(f, false)
 	if st := w.OpenDir(nil, &fuse.OpenIn{}, &fuse.OpenOut{}); st != fuse.ENOSYS {
 		t.Fatalf("OpenDir: %v, want ENOSYS", st)
 	}

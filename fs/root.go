@@ -23,8 +23,15 @@ type Options struct {
 	Logger *slog.Logger
 	// UID and GID own every file (the mounting user by default).
 	UID, GID uint32
-	// Passthrough asks for kernel passthrough to blob files (needs root
-	// and Linux 6.9+; go-fuse falls back to reads from the blob fd).
+	// OpenFiles has every open of a file sent to storefs (an OPEN, and a
+	// RELEASE after the last close), as passthrough needs. Without it, the
+	// kernel opens files without a request (noopendir.go): no round trip
+	// per open, and each file's pages stay cached across opens. Chunk mode
+	// always opens files: its reads keep per-open chunk descriptors.
+	OpenFiles bool
+	// Passthrough asks for kernel passthrough to blob files when they are
+	// opened (OpenFiles; needs root and Linux 6.9+; go-fuse falls back to
+	// reads spliced from the blob fd).
 	Passthrough bool
 	// Timeout is the kernel's entry and attribute timeout for item
 	// contents (immutable); one hour when zero.
@@ -57,14 +64,50 @@ type Root struct {
 	openNow map[cas.Key]int // chunked files held open, by key
 }
 
-// InUse lists the keys of the chunked files held open (for
-// store.KeepInUse: their chunks outlive a collection until closed).
+// InUse lists the keys of the files whose content a collection must keep
+// (store.KeepInUse), so that a file held open stays readable after its item
+// is collected: the chunked files held open and, when the kernel opens
+// files without telling storefs (no OpenFiles), every file the kernel
+// knows, since any of them may be open. (A file held open pins its inode,
+// so the kernel does not forget it; the others it forgets once the
+// collection has invalidated their entries, and the next collection frees
+// their blobs.)
 func (r *Root) InUse() []cas.Key {
 	r.openMu.Lock()
-	defer r.openMu.Unlock()
 	out := make([]cas.Key, 0, len(r.openNow))
 	for k := range r.openNow {
 		out = append(out, k)
+	}
+	r.openMu.Unlock()
+	if !r.o.OpenFiles {
+		out = r.knownFiles(out)
+	}
+	return out
+}
+
+// knownFiles appends the keys of the (non-empty) files among the nodes the
+// kernel knows: go-fuse's tree holds exactly those (a node leaves it with
+// the kernel's FORGET), and an open file keeps its parents in it.
+func (r *Root) knownFiles(out []cas.Key) []cas.Key {
+	seen := map[*gofs.Inode]bool{}
+	stack := []*gofs.Inode{&r.Inode}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, ch := range n.Children() {
+			if seen[ch] {
+				continue
+			}
+			seen[ch] = true
+			switch op := ch.Operations().(type) {
+			case *fileNode:
+				if op.node.Size > 0 {
+					out = append(out, cas.Key(op.node.Key))
+				}
+			case *dirNode:
+				stack = append(stack, ch)
+			}
+		}
 	}
 	return out
 }
@@ -89,6 +132,9 @@ const idleBlobFDs = 1024
 func NewRoot(reg *registry.Registry, blobs *cas.Blobs, storeDir string, o Options) *Root {
 	if o.Timeout == 0 {
 		o.Timeout = time.Hour
+	}
+	if o.Chunks != nil {
+		o.OpenFiles = true
 	}
 	log := o.Logger
 	if log == nil {
@@ -337,10 +383,28 @@ func (r *Root) Changed(added, removed []string) {
 		}
 		for _, name := range removed {
 			if ch := r.GetChild(name); ch != nil {
+				invalidateBelow(ch)
 				r.NotifyDelete(name, ch)
 			} else {
 				r.NotifyEntry(name)
 			}
 		}
 	}()
+}
+
+// invalidateBelow drops the kernel's entries below n (a collected item),
+// deepest first. Dropping the item's own entry unhashes only it: a file
+// held open below it would keep its (hashed) entry after its close, its
+// inode with it, and the kernel would not forget it for as long as memory
+// allows; an InUse that reports every known file (no OpenFiles) would then
+// keep its blob through every later collection. An unhashed entry dies at
+// its last close, and the kernel forgets its inode.
+func invalidateBelow(n *gofs.Inode) {
+	if _, ok := n.Operations().(*dirNode); !ok {
+		return
+	}
+	for name, ch := range n.Children() {
+		invalidateBelow(ch)
+		n.NotifyEntry(name)
+	}
 }

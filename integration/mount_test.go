@@ -523,8 +523,9 @@ func pythonEnv(item string) []string {
 // TestMountRealProgram adds a real CPython (pyenv) to a blob store, mounts
 // it, and runs the interpreter from the mount in another process: it starts,
 // imports json, email and asyncio from the mount, loads libpython from it,
-// and reads stdlib files whose sha256 matches the source tree's. Once with
-// passthrough reads (as root) and once with --no-passthrough.
+// and reads stdlib files whose sha256 matches the source tree's. On each read
+// path: files opened without a request (the default), and with
+// --open-files, passthrough reads (as root) and --no-passthrough.
 func TestMountRealProgram(t *testing.T) {
 	requireFUSE(t)
 	t.Parallel()
@@ -554,7 +555,7 @@ func TestMountRealProgram(t *testing.T) {
 		want[i] = mountSHA256(t, filepath.Join(src, rel))
 	}
 
-	for _, variant := range [][]string{nil, {"--no-passthrough"}} {
+	for _, variant := range [][]string{nil, {"--open-files"}, {"--open-files", "--no-passthrough"}} {
 		t.Run("mount"+strings.Join(variant, ""), func(t *testing.T) {
 			mp := filepath.Join(tempDir(t), "mnt")
 			m := startMount(t, state, mp, variant...)

@@ -16,7 +16,7 @@ import (
 
 func newMountCommand(g *globals) *cobra.Command {
 	var o struct {
-		allowNonempty, allowOther, debug, noPassthrough bool
+		allowNonempty, allowOther, debug, openFiles, noPassthrough bool
 	}
 	cmd := &cobra.Command{
 		Use:   "mount MOUNTPOINT",
@@ -30,8 +30,12 @@ and the new item appears in the mount at once.
 
 A mountpoint inside the state dir, or a non-empty one (unless
 --allow-nonempty), is refused; a stale mount left by a crash is cleared.
-As root, file reads go straight from the kernel to the blob files
-(passthrough, Linux 6.9+); otherwise they are spliced from the blob files.`,
+The kernel opens files without asking storefs and keeps their pages cached
+(items never change), so an open costs what a native one does. With
+--open-files every open is a request to storefs, and as root on Linux 6.9+
+the kernel then reads files straight from their blobs (passthrough): the
+native throughput on large files, one round trip more per open. Chunk mode
+always opens files.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if c, err := daemon.Dial(g.stateDir()); err == nil {
@@ -65,7 +69,8 @@ As root, file reads go straight from the kernel to the blob files
 				Logger:      g.log,
 				UID:         uint32(os.Getuid()),
 				GID:         uint32(os.Getgid()),
-				Passthrough: !o.noPassthrough && os.Geteuid() == 0,
+				OpenFiles:   o.openFiles,
+				Passthrough: o.openFiles && !o.noPassthrough && os.Geteuid() == 0,
 				Chunks:      s.Chunks(),
 			})
 			s.OnChange(root.Changed)
@@ -111,6 +116,7 @@ As root, file reads go straight from the kernel to the blob files
 	f.BoolVar(&o.allowNonempty, "allow-nonempty", false, "mount over a non-empty directory")
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)")
 	f.BoolVar(&o.debug, "debug", false, "log every FUSE request")
-	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve reads from the blob files even where passthrough is possible")
+	f.BoolVar(&o.openFiles, "open-files", false, "send every open to storefs, for passthrough reads (root, Linux 6.9+): native throughput on large files, a round trip per open")
+	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "with --open-files: serve reads from the blob files even where passthrough is possible")
 	return cmd
 }
