@@ -271,3 +271,22 @@ func TestKernelCaching(t *testing.T) {
 		}
 	})
 }
+
+// TestWalkSendsNoLookups: a walk that stats every entry of a directory of
+// 2000 entries (many pages of a listing) on a fresh mount gets every entry
+// with its attributes from READDIRPLUS, on every page, and sends no LOOKUP
+// for any of them. (With READDIRPLUS_AUTO the kernel asked for plain
+// READDIR after the first page, then looked up each entry: on a cold walk
+// of three CPython trees, 10740 round trips of 29k.)
+func TestWalkSendsNoLookups(t *testing.T) {
+	requireFUSE(t)
+	fx := newFixture(t, fixtureOptions{many: true})
+	m, c := mountCounting(t, fx)
+	n, err := walkAll(m.path(fx.items["many"].base), 0)
+	if err != nil || n != 2001 {
+		t.Fatalf("walk: %d entries, %v; want 2001", n, err)
+	}
+	if l := c.get("lookup"); l != 1 {
+		t.Errorf("a walk of an item of 2000 entries: %d lookups, want 1 (the item)", l)
+	}
+}

@@ -66,9 +66,11 @@ func FuseOptions(root *Root, mo MountOptions) *gofs.Options {
 			IgnoreSecurityLabels: true,
 			MaxStackDepth:        2,
 			Debug:                mo.Debug,
-			// let the kernel use plain READDIR when nobody stats the
-			// entries (`ls`), READDIRPLUS when they do (`ls -l`, find)
-			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+			// READDIRPLUS on every page of a listing (no
+			// CAP_READDIRPLUS_AUTO, which asks for plain READDIR after
+			// the first page and then looks each entry up: a round trip
+			// per entry on a cold walk). Items never change, so a listing
+			// is fetched once and its entries and attributes cached.
 		},
 		EntryTimeout:    &long,
 		AttrTimeout:     &long,
