@@ -37,7 +37,25 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 	if err := srv.WaitMount(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
+	if err := setReadahead(mountpoint, opts.MaxReadAhead); err != nil {
+		root.log.Debug("storefs mount: readahead left at the kernel's default", "err", err)
+	}
 	return srv, nil
+}
+
+// setReadahead raises the mount's readahead window to bytes (root only):
+// Linux takes a FUSE mount's window from its backing device info, at most
+// 128 KiB whatever INIT asks for, and reads a file sequentially in READs of
+// that size. With no-open files a READ is a round trip to storefs (~80 us
+// here), so a cold 1 GiB read was 8192 of them: 0.64-1.18 s; with 1 MiB
+// READs (max_pages allows them) it takes 0.34-0.38 s.
+func setReadahead(mountpoint string, bytes int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(bytes>>10)), 0)
 }
 
 // RawFS is the file system Mount serves: go-fuse's node bridge for root,

@@ -2,6 +2,8 @@ package fs_test
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	iofs "io/fs"
 	"os"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	sfs "github.com/storefs/storefs/fs"
+	"github.com/storefs/storefs/store"
 )
 
 // checkOwnTimes checks what every node of the view has in common: mtime 1
@@ -494,5 +497,48 @@ func TestReadOnlyHandlers(t *testing.T) {
 		if !bytes.Equal(narOf(t, m.path(it.base)), narOf(t, it.src)) {
 			t.Errorf("%s changed", name)
 		}
+	}
+}
+
+// TestReadahead: as root, Mount raises the mount's readahead window to 1
+// MiB (the kernel's default for a FUSE mount is 128 KiB, whatever INIT
+// asks), so a sequential read of a file the kernel has not cached comes in
+// READs of up to 1 MiB as the window grows: a cold read of 8 MiB is a dozen
+// of them, not 64 or more.
+func TestReadahead(t *testing.T) {
+	requireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("only root can set a mount's readahead (/sys/class/bdi); Mount leaves the default then")
+	}
+	s := newStore(t)
+	content := randBytes(41, 8<<20)
+	src := filepath.Join(t.TempDir(), "seq")
+	must(t, os.WriteFile(src, content, 0o644))
+	p, err := s.Add(t.Context(), src, store.AddOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mountStore(t, s)
+	var st unix.Stat_t
+	must(t, unix.Stat(m.dir, &st))
+	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(ra)); got != "1024" {
+		t.Errorf("read_ahead_kb of the mount: %s, want 1024", got)
+	}
+	f, err := os.Open(m.path(filepath.Base(p)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before := m.root.ReadsServed()
+	got, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("read: %d bytes, %v", len(got), err)
+	}
+	if n := m.root.ReadsServed() - before; n > 24 {
+		t.Errorf("a cold sequential read of 8 MiB: %d reads served, want at most 24 (most of 1 MiB)", n)
 	}
 }

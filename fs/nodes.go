@@ -206,6 +206,7 @@ func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 		}
 		return fuse.ReadResultData(dest[:n]), 0
 	}
+	f.root.reads.Add(1)
 	b, err := f.root.fds.get(k)
 	if err != nil {
 		return nil, f.readErr(k, err)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +63,8 @@ type Root struct {
 
 	openMu  sync.Mutex
 	openNow map[cas.Key]int // chunked files held open, by key
+
+	reads atomic.Int64 // READs served without a handle (tests: export_test.go)
 }
 
 // InUse lists the keys of the files whose content a collection must keep

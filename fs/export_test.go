@@ -1,0 +1,4 @@
+package fs
+
+// ReadsServed is how many READs without a handle the mount has served.
+func (r *Root) ReadsServed() int64 { return r.reads.Load() }
