@@ -192,20 +192,8 @@ func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 		return fuse.ReadResultData(nil), 0
 	}
 	dest = dest[:min(int64(len(dest)), f.node.Size-off)]
+	// no handle: a blob (chunk mode always opens its files, NewRoot)
 	k := cas.Key(f.node.Key)
-	if c := f.root.o.Chunks; c != nil && chunk.Chunked(f.node.Size) {
-		// (chunk mode opens its files, so this is not reached)
-		cf, err := c.Open(k, f.node.Size)
-		if err != nil {
-			return nil, f.readErr(k, err)
-		}
-		defer cf.Close()
-		n, err := cf.ReadAt(dest, off)
-		if err != nil && err != io.EOF {
-			return nil, f.readErr(k, err)
-		}
-		return fuse.ReadResultData(dest[:n]), 0
-	}
 	f.root.reads.Add(1)
 	b, err := f.root.fds.get(k)
 	if err != nil {
