@@ -286,10 +286,12 @@ func (s *Store) add(ctx context.Context, src string, o AddOptions) (string, erro
 	if err != nil {
 		return "", err
 	}
+	start := time.Now()
 	root, files, err := walkSource(src)
 	if err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
 	}
+	walked := time.Now()
 	it, err := s.newItem(ctx, o.NoDedup)
 	if err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
@@ -302,6 +304,7 @@ func (s *Store) add(ctx context.Context, src string, o AddOptions) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
 	}
+	ingested := time.Now()
 	p := MakeSourcePath(s.storeDir, sum, name, s.fullPaths(refs))
 	info := &registry.PathInfo{
 		Path:       filepath.Base(p),
@@ -313,6 +316,7 @@ func (s *Store) add(ctx context.Context, src string, o AddOptions) (string, erro
 	if err := it.finish(root, info); err != nil {
 		return "", fmt.Errorf("add %s: %w", src, err)
 	}
+	s.log.Debug("add: done", "path", p, "files", len(files), "walk", walked.Sub(start), "ingest", ingested.Sub(walked), "finish", time.Since(ingested))
 	return p, nil
 }
 
@@ -353,6 +357,7 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 			if err := budget.Acquire(gctx, weight(f)); err != nil {
 				return err
 			}
+			f.prefetch()
 			select {
 			case jobs <- f:
 			case <-gctx.Done():
@@ -447,7 +452,11 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 	}
 	// A worker's failure cancels gctx, which the hasher may report first:
 	// the worker's error is the one that says what happened.
-	if gerr := g.Wait(); gerr != nil && (err == nil || errors.Is(err, context.Canceled) && ctx.Err() == nil) {
+	gerr := g.Wait()
+	for _, f := range files { // prefetched but never taken, after a failure
+		f.closeSrc()
+	}
+	if gerr != nil && (err == nil || errors.Is(err, context.Canceled) && ctx.Err() == nil) {
 		err = gerr
 	}
 	if err != nil {
@@ -485,17 +494,17 @@ var errChanged = errors.New("file changed while it was being added")
 // stream is gone, fails with it, and its caller may fetch the NAR again.
 var ErrContentCollected = errors.New("a collection removed a blob this add relied on; add it again")
 
-// readExact reads a file that must have exactly size bytes (it reads one
-// byte more to notice a file that grew). It uses a raw descriptor: an
-// *os.File costs three more system calls per file (the poller's attempts to
-// register it), which is a fifth of a small file's cost.
-func readExact(path string, size int64) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+// readExact reads a source file that must have exactly its walked size (it
+// reads one byte more to notice a file that grew). It uses a raw descriptor:
+// an *os.File costs three more system calls per file (the poller's attempts
+// to register it), which is a fifth of a small file's cost.
+func readExact(f *node) ([]byte, error) {
+	fd, err := f.openSrc()
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
 	defer unix.Close(fd)
-	buf := make([]byte, size+1)
+	buf := make([]byte, f.size+1)
 	var n int
 	for n < len(buf) {
 		m, err := unix.Read(fd, buf[n:])
@@ -503,17 +512,17 @@ func readExact(path string, size int64) ([]byte, error) {
 			continue
 		}
 		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+			return nil, &os.PathError{Op: "read", Path: f.src, Err: err}
 		}
 		if m == 0 {
 			break
 		}
 		n += m
 	}
-	if int64(n) != size {
-		return nil, fmt.Errorf("%s: %w (size %d, read %d)", path, errChanged, size, n)
+	if int64(n) != f.size {
+		return nil, fmt.Errorf("%s: %w (size %d, read %d)", f.src, errChanged, f.size, n)
 	}
-	return buf[:size], nil
+	return buf[:f.size], nil
 }
 
 // ingestFile stores one regular file of an add: in blob mode as a blob
@@ -523,7 +532,7 @@ func (it *item) ingestFile(n *node) error {
 		return it.copyFile(n)
 	}
 	if n.size <= smallFile {
-		data, err := readExact(n.src, n.size)
+		data, err := readExact(n)
 		if err != nil {
 			return err
 		}
@@ -533,7 +542,7 @@ func (it *item) ingestFile(n *node) error {
 	if it.chunks != nil {
 		return it.putChunkedFile(n)
 	}
-	f, err := os.Open(n.src)
+	f, err := n.openSrcFile()
 	if err != nil {
 		return err
 	}
@@ -565,7 +574,7 @@ func (it *item) copyFile(n *node) error {
 	dst := it.treePath(n.rel)
 	dedup := it.dedup && n.size >= it.s.linksMin
 	if n.size <= smallFile {
-		data, err := readExact(n.src, n.size)
+		data, err := readExact(n)
 		if err != nil {
 			return err
 		}
@@ -585,7 +594,7 @@ func (it *item) copyFile(n *node) error {
 		if !dedup {
 			return copyFile(dst, n, nil)
 		}
-		in, err := os.Open(n.src)
+		in, err := n.openSrcFile()
 		if err != nil {
 			return err
 		}
@@ -720,7 +729,7 @@ func copyFile(dst string, n *node, h io.Writer) error {
 		return err
 	}
 	defer out.Close()
-	in, err := os.Open(n.src)
+	in, err := n.openSrcFile()
 	if err != nil {
 		return err
 	}
@@ -893,18 +902,24 @@ func (s *Store) registerChecked(info *registry.PathInfo, dirs map[registry.Diges
 			return err
 		}
 	}
+	t0 := time.Now()
 	if batch != nil {
 		if err := batch.Commit(); err != nil {
 			return err
 		}
+		t1 := time.Now()
 		if err := s.syncState(); err != nil {
 			return err
 		}
+		s.log.Debug("add: content committed", "path", info.Path, "commit", t1.Sub(t0), "sync", time.Since(t1))
 	}
 	if root != nil {
 		if err := s.checkContents(info, root, batch, cs); err != nil {
 			return err
 		}
 	}
-	return s.register([]registry.Registration{{Info: info, Dirs: dirs}})
+	t2 := time.Now()
+	err = s.register([]registry.Registration{{Info: info, Dirs: dirs}})
+	s.log.Debug("add: registered", "path", info.Path, "elapsed", time.Since(t2))
+	return err
 }

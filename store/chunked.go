@@ -116,7 +116,7 @@ func (it *item) putChunked(k cas.Key, exec bool, size int64, r io.Reader) error 
 // computed from the source first, and only a file whose manifest is new is
 // read again to be chunked.
 func (it *item) putChunkedFile(n *node) error {
-	f, err := os.Open(n.src)
+	f, err := n.openSrcFile()
 	if err != nil {
 		return err
 	}
