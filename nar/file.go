@@ -34,6 +34,21 @@ func FileNARSize(exec bool, size int64) int64 {
 	return n + size + int64(padLen(uint64(size))) + 16
 }
 
+// HashBytes is HashFile of contents held in memory, hashed in place.
+func HashBytes(exec bool, data []byte) (sum [32]byte) {
+	var frame [128]byte
+	w := Writer{buf: frame[:0]}
+	w.buf = appendStr(w.buf, Magic)
+	w.appendRegularPrefix(exec, int64(len(data)))
+	h := sha256.New()
+	h.Write(w.buf)
+	h.Write(data)
+	w.buf = append(frame[:0], zeroPad[:padLen(uint64(len(data)))]...)
+	h.Write(appendStr(w.buf, ")"))
+	h.Sum(sum[:0])
+	return sum
+}
+
 // HashFile returns the SHA-256 of the archive of a single regular file whose
 // contents are exactly size bytes read from r; the store uses it (in nix32)
 // as the file's ".links" name.

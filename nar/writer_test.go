@@ -73,7 +73,7 @@ func TestGoldenVectors(t *testing.T) {
 	}
 }
 
-// TestSingleFileHelpers checks RegularPrefix/RegularSuffix/FileNARSize/HashFile
+// TestSingleFileHelpers checks RegularPrefix/RegularSuffix/FileNARSize/HashFile/HashBytes
 // against the Writer for a range of sizes around the padding boundaries.
 func TestSingleFileHelpers(t *testing.T) {
 	for _, exec := range []bool{false, true} {
@@ -98,6 +98,9 @@ func TestSingleFileHelpers(t *testing.T) {
 			sum, err := HashFile(exec, size, iotest.OneByteReader(bytes.NewReader(data)))
 			if err != nil || sum != sha256.Sum256(want) {
 				t.Errorf("HashFile(%v, %d) = %x, %v; want %x", exec, size, sum, err, sha256.Sum256(want))
+			}
+			if sum := HashBytes(exec, data); sum != sha256.Sum256(want) {
+				t.Errorf("HashBytes(%v, %d) = %x; want %x", exec, size, sum, sha256.Sum256(want))
 			}
 		}
 	}

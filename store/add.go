@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -341,7 +342,7 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 	budget := semaphore.NewWeighted(windowBytes)
 	weight := func(n *node) int64 {
 		if n.size <= smallFile {
-			return max(n.size, 1)
+			return int64(bufSize(int(n.size) + 1))
 		}
 		return 1 // streamed: no buffer
 	}
@@ -412,6 +413,10 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 		if n.data != nil || n.size == 0 {
 			if err := w.RegularBytes(n.exec, n.data); err != nil {
 				return err
+			}
+			if n.buf != nil { // the bytes are hashed: the buffer is free
+				putBuf(n.buf)
+				n.buf = nil
 			}
 			n.data = nil
 		} else {
@@ -494,36 +499,80 @@ var errChanged = errors.New("file changed while it was being added")
 // stream is gone, fails with it, and its caller may fetch the NAR again.
 var ErrContentCollected = errors.New("a collection removed a blob this add relied on; add it again")
 
-// readExact reads a source file that must have exactly its walked size (it
-// reads one byte more to notice a file that grew). It uses a raw descriptor:
-// an *os.File costs three more system calls per file (the poller's attempts
-// to register it), which is a fifth of a small file's cost.
-func readExact(f *node) ([]byte, error) {
+// readExact reads a source file that must have exactly its walked size
+// into f.data (a recycled buffer, see fileBuf). It asks for one byte more to
+// notice a file that grew; a read that comes back short at the walked size
+// is the end of the file, with no second read to see it. It uses a raw
+// descriptor: an *os.File costs three more system calls per file (the
+// poller's attempts to register it), which is a fifth of a small file's cost.
+func readExact(f *node) error {
 	fd, err := f.openSrc()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer unix.Close(fd)
-	buf := make([]byte, f.size+1)
+	fb := getBuf(int(f.size) + 1)
+	buf := fb.b[:f.size+1]
 	var n int
 	for n < len(buf) {
+		want := len(buf) - n
 		m, err := unix.Read(fd, buf[n:])
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: f.src, Err: err}
+			putBuf(fb)
+			return &os.PathError{Op: "read", Path: f.src, Err: err}
 		}
 		if m == 0 {
 			break
 		}
 		n += m
+		if m < want && int64(n) == f.size {
+			break
+		}
 	}
 	if int64(n) != f.size {
-		return nil, fmt.Errorf("%s: %w (size %d, read %d)", f.src, errChanged, f.size, n)
+		putBuf(fb)
+		return fmt.Errorf("%s: %w (size %d, read %d)", f.src, errChanged, f.size, n)
 	}
-	return buf[:f.size], nil
+	f.buf, f.data = fb, buf[:f.size]
+	return nil
 }
+
+// fileBuf is a buffer a small file is read into, recycled once the NAR
+// hasher has taken its bytes: an add of many small files would otherwise
+// allocate and collect a buffer per file (allocation and collection were a
+// tenth of a warm add's CPU time). Buffers come in power-of-two classes
+// from 1 KiB to the smallest above smallFile.
+type fileBuf struct{ b []byte }
+
+const (
+	minBufShift = 10
+	maxBufShift = 24 // 1<<maxBufShift > smallFile
+)
+
+var bufPools [maxBufShift - minBufShift + 1]sync.Pool
+
+// bufSize is the size of the buffer that holds n bytes.
+func bufSize(n int) int {
+	if n <= 1<<minBufShift {
+		return 1 << minBufShift
+	}
+	return 1 << bits.Len(uint(n-1))
+}
+
+func bufClass(size int) int { return bits.Len(uint(size)) - 1 - minBufShift }
+
+func getBuf(n int) *fileBuf {
+	size := bufSize(n)
+	if fb, ok := bufPools[bufClass(size)].Get().(*fileBuf); ok {
+		return fb
+	}
+	return &fileBuf{b: make([]byte, size)}
+}
+
+func putBuf(fb *fileBuf) { bufPools[bufClass(len(fb.b))].Put(fb) }
 
 // ingestFile stores one regular file of an add: in blob mode as a blob
 // (written only if new), in disk mode into the staged tree.
@@ -532,12 +581,10 @@ func (it *item) ingestFile(n *node) error {
 		return it.copyFile(n)
 	}
 	if n.size <= smallFile {
-		data, err := readExact(n)
-		if err != nil {
+		if err := readExact(n); err != nil {
 			return err
 		}
-		n.data = data
-		return it.putData(n, data)
+		return it.putData(n, n.data)
 	}
 	if it.chunks != nil {
 		return it.putChunkedFile(n)
@@ -574,14 +621,12 @@ func (it *item) copyFile(n *node) error {
 	dst := it.treePath(n.rel)
 	dedup := it.dedup && n.size >= it.s.linksMin
 	if n.size <= smallFile {
-		data, err := readExact(n)
-		if err != nil {
+		if err := readExact(n); err != nil {
 			return err
 		}
-		n.data = data
+		data := n.data
 		if dedup {
-			k, _ := nar.HashFile(n.exec, n.size, bytesReader(data))
-			n.key = k
+			n.key = nar.HashBytes(n.exec, data)
 			if it.linkExisting(n, dst) {
 				return nil
 			}

@@ -58,10 +58,7 @@ var splitters = sync.Pool{New: func() any { return chunk.NewSplitter() }}
 // putData stores the contents of a file held in memory (blob or chunk mode)
 // and sets n.key.
 func (it *item) putData(n *node, data []byte) error {
-	k, err := nar.HashFile(n.exec, n.size, bytesReader(data))
-	if err != nil {
-		return err
-	}
+	k := nar.HashBytes(n.exec, data)
 	n.key = k
 	if n.size == 0 {
 		return nil // empty files need no blob
@@ -69,7 +66,7 @@ func (it *item) putData(n *node, data []byte) error {
 	if it.chunks != nil && chunk.Chunked(n.size) {
 		return it.putChunked(k, n.exec, n.size, bytes.NewReader(data))
 	}
-	_, err = it.batch.PutBytes(k, n.exec, data)
+	_, err := it.batch.PutBytes(k, n.exec, data)
 	return err
 }
 

@@ -376,7 +376,7 @@ func (it *item) streamFile(n *node, nr *nar.Reader, w *nar.Writer) error {
 		}
 		it.pool.Go(func() error {
 			if dedup {
-				n.key, _ = nar.HashFile(n.exec, n.size, bytesReader(data))
+				n.key = nar.HashBytes(n.exec, data)
 				if it.linkExisting(n, dst) {
 					return nil
 				}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -79,6 +82,60 @@ func TestIngestClosesPrefetched(t *testing.T) {
 			if got := openFDs(t); got != before {
 				t.Errorf("%d descriptors open after a failed add, %d before", got, before)
 			}
+
+			// A FIFO in the last directory: refused, nothing left open.
+			fifo := filepath.Join(src, "d6", "zz", "pipe")
+			if err := os.MkdirAll(filepath.Dir(fifo), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+				t.Skipf("mkfifo: %v", err)
+			}
+			defer os.RemoveAll(filepath.Dir(fifo))
+			if _, err := s.Add(ctx, src, AddOptions{}); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "d6/zz/pipe") {
+				t.Errorf("add with a FIFO: %v, want ErrUnsupported naming it", err)
+			}
+			if got := openFDs(t); got != before {
+				t.Errorf("%d descriptors open after an add refused, %d before", got, before)
+			}
 		})
+	}
+}
+
+// readExact takes a file of its walked size, and refuses one that grew or
+// shrank since the walk (with one read where the file is as walked).
+func TestReadExact(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		walked  int64
+		now     string
+		changed bool
+	}{
+		{0, "", false},
+		{10, "0123456789", false},
+		{10, "0123456789A", true},
+		{10, "012345678", true},
+		{0, "x", true},
+		{5000, strings.Repeat("y", 5000), false},
+		{5000, strings.Repeat("y", 5001), true},
+	} {
+		p := filepath.Join(dir, "f")
+		if err := os.WriteFile(p, []byte(tc.now), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		n := &node{src: p, size: tc.walked}
+		err := readExact(n)
+		switch {
+		case tc.changed && !errors.Is(err, errChanged):
+			t.Errorf("walked %d, now %d bytes: %v, want errChanged", tc.walked, len(tc.now), err)
+		case !tc.changed && (err != nil || string(n.data) != tc.now):
+			t.Errorf("walked %d bytes: %q, %v", tc.walked, n.data, err)
+		}
+		if n.buf != nil {
+			putBuf(n.buf)
+		}
+	}
+	if err := readExact(&node{src: filepath.Join(dir, "missing"), size: 1}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing source: %v", err)
 	}
 }

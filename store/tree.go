@@ -1,9 +1,7 @@
 package store
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -29,9 +27,10 @@ type node struct {
 	kids   []*node // directory entries, sorted bytewise
 	src    string  // source file (add)
 
-	key  cas.Key // blob key of a regular file, when known
-	copy string  // where the file's bytes were written (disk mode staging copy or blob), for re-reading
-	data []byte  // a small file's bytes, held until the NAR hasher took them
+	key  cas.Key  // blob key of a regular file, when known
+	copy string   // where the file's bytes were written (disk mode staging copy or blob), for re-reading
+	data []byte   // a small file's bytes, held until the NAR hasher took them
+	buf  *fileBuf // add: the recycled buffer data is in
 	// recheck: copy is the source itself, re-read by the NAR hasher, which
 	// checks that it still hashes to key
 	recheck bool
@@ -272,5 +271,3 @@ func treeRecords(n *node, dirs map[registry.Digest][]byte) registry.Node {
 	dirs[digest] = enc
 	return registry.Node{Type: registry.TypeDirectory, Key: digest}
 }
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
