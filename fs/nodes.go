@@ -3,7 +3,10 @@ package fs
 import (
 	"context"
 	"io"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -200,22 +203,60 @@ func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 		return nil, f.readErr(k, err)
 	}
 	defer f.root.fds.put(b)
+	n, err := preadFull(b.fd, dest, off)
+	if err != nil {
+		return nil, f.readErr(k, err)
+	}
+	return readData(dest[:n]), 0
+}
+
+// readData is read data that go-fuse writes to the kernel with one writev
+// (it has go-fuse's optional Slices method). A fuse.ReadResultData is first
+// offered to splice: per READ a pipe, a resize and a write of the reply
+// header into it, all wasted, and for a READ larger than the pipe can hold
+// (the mount's 1 MiB READs are) a failure logged on stderr.
+func readData(b []byte) fuse.ReadResult { return dataResult{b} }
+
+type dataResult [1][]byte
+
+func (r dataResult) Slices() ([][]byte, fuse.Status)        { return r[:], fuse.OK }
+func (r dataResult) Bytes(buf []byte) ([]byte, fuse.Status) { return r[0], fuse.OK }
+func (r dataResult) Size() int                              { return len(r[0]) }
+func (r dataResult) Done()                                  {}
+
+// preadFull reads dest at off, up to the end of the file.
+func preadFull(fd int, dest []byte, off int64) (int, error) {
 	n := 0
 	for n < len(dest) {
-		m, err := unix.Pread(b.fd, dest[n:], off+int64(n))
+		m, err := unix.Pread(fd, dest[n:], off+int64(n))
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return nil, f.readErr(k, err)
+			return n, err
 		}
 		if m == 0 {
 			break
 		}
 		n += m
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	return n, nil
 }
+
+// spliceMax is the largest read go-fuse can splice: its pipe holds the
+// reply's header, the data and a page more, and cannot grow past
+// /proc/sys/fs/pipe-max-size (1 MiB by default, the size of this mount's
+// READs). go-fuse would try and fail to splice a larger read, and log the
+// failure, at every READ; such reads are preads.
+var spliceMax = sync.OnceValue(func() int {
+	max := 1 << 20
+	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			max = v
+		}
+	}
+	return max - 2*os.Getpagesize()
+})
 
 // readErr logs a failed read of a valid file's content (a damaged store,
 // or a blob collected while the kernel knew its file: InUse prevents that
@@ -243,7 +284,14 @@ var (
 )
 
 func (b *blobFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return fuse.ReadResultFd(uintptr(b.b.fd), off, len(dest)), 0
+	if len(dest) <= spliceMax() {
+		return fuse.ReadResultFd(uintptr(b.b.fd), off, len(dest)), 0
+	}
+	n, err := preadFull(b.b.fd, dest, off)
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	return readData(dest[:n]), 0
 }
 
 func (b *blobFile) PassthroughFd() (int, bool) {
@@ -278,7 +326,7 @@ func (c *chunkedFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	if err != nil && err != io.EOF {
 		return nil, syscall.EIO
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	return readData(dest[:n]), 0
 }
 
 func (c *chunkedFile) Release(ctx context.Context) syscall.Errno {
