@@ -330,11 +330,14 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 		return it.streamFile(n, nr, w)
 	}
 	if n.size <= smallFile {
-		data, err := readSmall(n, nr, w)
+		fb, data, err := readSmall(n, nr, w)
 		if err != nil {
 			return err
 		}
-		it.pool.Go(func() error { return it.putData(n, data) })
+		it.pool.Go(func() error {
+			defer putBuf(fb)
+			return it.putData(n, data)
+		})
 		return nil
 	}
 	if it.chunks != nil {
@@ -352,14 +355,21 @@ func (it *item) ingestStream(n *node, nr *nar.Reader, w *nar.Writer) error {
 	return err
 }
 
-// readSmall reads a small file's contents from the archive into memory and
-// feeds them to the NAR re-encoder.
-func readSmall(n *node, nr *nar.Reader, w *nar.Writer) ([]byte, error) {
-	data := make([]byte, n.size)
+// readSmall reads a small file's contents from the archive into a recycled
+// buffer (see fileBuf; the caller puts it back once the contents are
+// stored) and feeds them to the NAR re-encoder.
+func readSmall(n *node, nr *nar.Reader, w *nar.Writer) (*fileBuf, []byte, error) {
+	fb := getBuf(int(n.size))
+	data := fb.b[:n.size]
 	if _, err := io.ReadFull(nr, data); err != nil {
-		return nil, err
+		putBuf(fb)
+		return nil, nil, err
 	}
-	return data, w.RegularBytes(n.exec, data)
+	if err := w.RegularBytes(n.exec, data); err != nil {
+		putBuf(fb)
+		return nil, nil, err
+	}
+	return fb, data, nil
 }
 
 // streamFile writes one regular file of an archive into the staged tree
@@ -370,11 +380,12 @@ func (it *item) streamFile(n *node, nr *nar.Reader, w *nar.Writer) error {
 	dst := it.treePath(n.rel)
 	dedup := it.dedup && n.size >= it.s.linksMin
 	if n.size <= smallFile {
-		data, err := readSmall(n, nr, w)
+		fb, data, err := readSmall(n, nr, w)
 		if err != nil {
 			return err
 		}
 		it.pool.Go(func() error {
+			defer putBuf(fb)
 			if dedup {
 				n.key = nar.HashBytes(n.exec, data)
 				if it.linkExisting(n, dst) {
