@@ -132,6 +132,7 @@ func addPaths(ctx context.Context, g *globals, s backend, srcs []string, jobs in
 			cancel()
 			continue
 		}
+		p.clear()
 		_, err = fmt.Fprintln(g.stdout, paths[i])
 		if err != nil {
 			cancel()

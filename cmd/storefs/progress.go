@@ -64,3 +64,11 @@ func (p *progress) done() {
 		p.bar.Finish()
 	}
 }
+
+// clear erases the bar before a line is printed to the same terminal (it
+// is drawn again at its next update).
+func (p *progress) clear() {
+	if p.bar != nil {
+		p.bar.Clear()
+	}
+}
