@@ -862,6 +862,7 @@ func canonDir(p string) error {
 // make the contents durable before registering.
 func (it *item) finish(root *node, info *registry.PathInfo) error {
 	s := it.s
+	s.startWriteback() // the content is all written: start its writeback now
 	info.RegistrationTime = time.Now()
 	if s.mode.trees() {
 		if valid, err := s.tempRoot(it.temp, info.Path); err != nil || valid {

@@ -104,8 +104,10 @@ type Store struct {
 	chunks   *chunk.Areas // chunk mode: manifests and chunks
 	log      *slog.Logger
 
-	temp  *TempRoots // the process's default temp roots
-	syncs syncGroup
+	temp       *TempRoots // the process's default temp roots
+	syncs      syncGroup
+	writeback  atomic.Bool    // a background syncfs is running (startWriteback)
+	writebacks sync.WaitGroup // Close waits for it
 
 	onChange func(added, removed []string) // see OnChange
 	inUse    func() []cas.Key              // see KeepInUse
@@ -294,6 +296,7 @@ func Open(state string, opts Options) (*Store, error) {
 
 // Close releases the process's temp roots.
 func (s *Store) Close() error {
+	s.writebacks.Wait()
 	return s.temp.Close()
 }
 
@@ -479,6 +482,9 @@ type syncGroup struct {
 // testHookSyncfs, if set, is called before each syncfs of the state dir.
 var testHookSyncfs func(*Store)
 
+// testHookWriteback, if set, runs at the start of each background writeback.
+var testHookWriteback func(*Store)
+
 func (s *Store) syncfs() error {
 	if testHookSyncfs != nil {
 		testHookSyncfs(s)
@@ -492,6 +498,32 @@ func (s *Store) syncfs() error {
 		return fmt.Errorf("syncfs %s: %w", s.state, err)
 	}
 	return nil
+}
+
+// startWriteback starts writing the state dir's filesystem's dirty data
+// back (a syncfs in the background, when an add or import has written its
+// content), so that the sync it waits for before registering finds most of
+// it written: the blob commit (renames) or the disk-mode finish overlaps the
+// writeback of the file data (the Go corpus's largest item: sync after the
+// commit 130-180 ms -> 10 ms, the add 0.1-0.15 s shorter). It is not the
+// durability sync (syncState is). At most one runs at a time; its errors
+// are the later sync's to report.
+func (s *Store) startWriteback() {
+	if !s.writeback.CompareAndSwap(false, true) {
+		return
+	}
+	s.writebacks.Add(1)
+	go func() {
+		defer s.writebacks.Done()
+		defer s.writeback.Store(false)
+		if testHookWriteback != nil {
+			testHookWriteback(s)
+		}
+		if fd, err := unix.Open(s.state, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			unix.Syncfs(fd)
+			unix.Close(fd)
+		}
+	}()
 }
 
 // FullPath turns a base name into a full store path.

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // An add makes its content durable with one syncfs of the state dir, not a
@@ -91,6 +92,44 @@ func TestAddSyncsOncePerItem(t *testing.T) {
 			wg.Wait()
 			if n := syncs.Load(); n < 1 || n > 2 {
 				t.Errorf("two concurrent adds synced %d times, want 1 or 2", n)
+			}
+		})
+	}
+}
+
+// An add starts its content's writeback in the background once the content
+// is written (before its commit and its durability sync), every mode; Close
+// waits for a writeback still running.
+func TestAddStartsWriteback(t *testing.T) {
+	src := t.TempDir()
+	for i := range 50 {
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("f%02d", i)), fmt.Appendf(nil, "%d\n", i), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, mode := range []Mode{ModeBlob, ModeChunk, ModeDisk} {
+		t.Run(string(mode), func(t *testing.T) {
+			s, err := Init(filepath.Join(t.TempDir(), "state"), InitOptions{Mode: mode}, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var started, finished atomic.Int64
+			testHookWriteback = func(hs *Store) {
+				if hs == s {
+					started.Add(1)
+					time.Sleep(100 * time.Millisecond) // still running when Close comes
+					finished.Add(1)
+				}
+			}
+			defer func() { testHookWriteback = nil }()
+			if _, err := s.Add(context.Background(), src, AddOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if started.Load() != 1 || finished.Load() != 1 {
+				t.Errorf("writebacks started %d, finished by Close %d; want 1, 1", started.Load(), finished.Load())
 			}
 		})
 	}
