@@ -36,15 +36,10 @@ func FileNARSize(exec bool, size int64) int64 {
 
 // HashBytes is HashFile of contents held in memory, hashed in place.
 func HashBytes(exec bool, data []byte) (sum [32]byte) {
-	var frame [128]byte
-	w := Writer{buf: frame[:0]}
-	w.buf = appendStr(w.buf, Magic)
-	w.appendRegularPrefix(exec, int64(len(data)))
 	h := sha256.New()
-	h.Write(w.buf)
+	h.Write(RegularPrefix(exec, int64(len(data))))
 	h.Write(data)
-	w.buf = append(frame[:0], zeroPad[:padLen(uint64(len(data)))]...)
-	h.Write(appendStr(w.buf, ")"))
+	h.Write(RegularSuffix(int64(len(data))))
 	h.Sum(sum[:0])
 	return sum
 }
