@@ -79,7 +79,6 @@ always opens files.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stderr, "storefs mount: %s mounted at %s; file reads: %s\n", s.StoreDir(), mp, fs.ReadPath(srv, root))
 
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
@@ -88,7 +87,11 @@ always opens files.`,
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				serveErr = daemon.Serve(ctx, s, daemon.Options{Logger: g.log})
+				// "mounted at" once daemon.sock is in place too: whoever waits
+				// for it (a script, a test) may talk to the store at once.
+				serveErr = daemon.Serve(ctx, s, daemon.Options{Logger: g.log, Ready: func(string) {
+					fmt.Fprintf(g.stderr, "storefs mount: %s mounted at %s; file reads: %s\n", s.StoreDir(), mp, fs.ReadPath(srv, root))
+				}})
 				if serveErr != nil {
 					cancel()
 				}
