@@ -154,14 +154,20 @@ func readPaths() []readPath {
 // mountStoreWith is mountStoreAt with the read path rp.
 func mountStoreWith(t testing.TB, s *store.Store, dir string, rp readPath) *mount {
 	t.Helper()
-	requireFUSE(t)
-	root := sfs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), sfs.Options{
-		UID:         uint32(os.Getuid()),
-		GID:         uint32(os.Getgid()),
+	return mountStoreOptions(t, s, dir, sfs.Options{
 		OpenFiles:   rp != noOpen,
 		Passthrough: rp == passthrough,
-		Chunks:      s.Chunks(),
 	})
+}
+
+// mountStoreOptions is mountStoreAt with the view's options o (its owner
+// and chunk areas filled in).
+func mountStoreOptions(t testing.TB, s *store.Store, dir string, o sfs.Options) *mount {
+	t.Helper()
+	requireFUSE(t)
+	o.UID, o.GID = uint32(os.Getuid()), uint32(os.Getgid())
+	o.Chunks = s.Chunks()
+	root := sfs.NewRoot(s.Registry(), s.Blobs(), s.StoreDir(), o)
 	s.OnChange(root.Changed)
 	s.KeepInUse(root.InUse)
 	srv, err := sfs.Mount(dir, root, sfs.MountOptions{})

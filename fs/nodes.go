@@ -63,6 +63,7 @@ type dirNode struct {
 	rel    string
 	digest registry.Digest
 	ino    uint64
+	reads  readRun // files read in listing order (prefetch.go)
 }
 
 var (
@@ -112,6 +113,7 @@ func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHan
 	if errno != 0 {
 		return nil, 0, errno
 	}
+	d.root.prefetchChildren(dir)
 	list := make([]fuse.DirEntry, len(dir.Entries))
 	for i, e := range dir.Entries {
 		mode, ino, _ := nodeIdentity(d.item, d.childRel(e.Name), e.Node)
@@ -198,6 +200,13 @@ func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 	// no handle: a blob (chunk mode always opens its files, NewRoot)
 	k := cas.Key(f.node.Key)
 	f.root.reads.Add(1)
+	if off == 0 {
+		if name, p := f.Parent(); p != nil {
+			if d, ok := p.Operations().(*dirNode); ok {
+				d.fileReadStarts(name)
+			}
+		}
+	}
 	b, err := f.root.fds.get(k)
 	if err != nil {
 		return nil, f.readErr(k, err)

@@ -45,6 +45,10 @@ type Options struct {
 	// run temp-roots the items its command uses. It runs in the FUSE
 	// handler and must be quick.
 	Used func(base string)
+	// NoPrefetch turns off the prefetcher (prefetch.go): no child
+	// directory records read ahead of a walk, no blobs ahead of reads in
+	// listing order.
+	NoPrefetch bool
 }
 
 // Root is the store directory: it lists the valid paths.
@@ -58,6 +62,7 @@ type Root struct {
 	log      *slog.Logger
 	dirs     *dirCache
 	fds      *blobFDs
+	pre      *prefetcher // nil with NoPrefetch
 
 	notifyMu sync.Mutex
 
@@ -65,6 +70,8 @@ type Root struct {
 	openNow map[cas.Key]int // chunked files held open, by key
 
 	reads atomic.Int64 // READs served without a handle (tests: export_test.go)
+	// directory records and blobs read ahead (tests)
+	prefetchedDirs, prefetchedBlobs atomic.Int64
 }
 
 // InUse lists the keys of the files whose content a collection must keep
@@ -143,7 +150,11 @@ func NewRoot(reg *registry.Registry, blobs *cas.Blobs, storeDir string, o Option
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Root{reg: reg, blobs: blobs, storeDir: storeDir, o: o, log: log, dirs: newDirCache(8192), fds: newBlobFDs(blobs, idleBlobFDs)}
+	r := &Root{reg: reg, blobs: blobs, storeDir: storeDir, o: o, log: log, dirs: newDirCache(8192), fds: newBlobFDs(blobs, idleBlobFDs)}
+	if !o.NoPrefetch {
+		r.pre = newPrefetcher(prefetchWorkers, prefetchQueue)
+	}
+	return r
 }
 
 var (

@@ -16,7 +16,7 @@ import (
 
 func newMountCommand(g *globals) *cobra.Command {
 	var o struct {
-		allowNonempty, allowOther, debug, openFiles, noPassthrough bool
+		allowNonempty, allowOther, debug, openFiles, noPassthrough, noPrefetch bool
 	}
 	cmd := &cobra.Command{
 		Use:   "mount MOUNTPOINT",
@@ -72,6 +72,7 @@ always opens files.`,
 				OpenFiles:   o.openFiles,
 				Passthrough: o.openFiles && !o.noPassthrough && os.Geteuid() == 0,
 				Chunks:      s.Chunks(),
+				NoPrefetch:  o.noPrefetch,
 			})
 			s.OnChange(root.Changed)
 			s.KeepInUse(root.InUse)
@@ -120,6 +121,7 @@ always opens files.`,
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)")
 	f.BoolVar(&o.debug, "debug", false, "log every FUSE request")
 	f.BoolVar(&o.openFiles, "open-files", false, "send every open to storefs, for passthrough reads (root, Linux 6.9+): native throughput on large files, a round trip per open")
+	f.BoolVar(&o.noPrefetch, "no-prefetch", false, "read nothing ahead: no child directory records when a directory is listed, no blobs of the next files when files are read in listing order")
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "with --open-files: serve reads from the blob files even where passthrough is possible")
 	return cmd
 }
