@@ -18,13 +18,6 @@ func newDirCache(max int) *dirCache {
 	return &dirCache{max: max, m: map[registry.Digest]*registry.Directory{}}
 }
 
-// has reports whether d's record is cached.
-func (c *dirCache) has(d registry.Digest) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[d] != nil
-}
-
 func (c *dirCache) get(reg *registry.Registry, d registry.Digest) (*registry.Directory, error) {
 	c.mu.Lock()
 	dir := c.m[d]

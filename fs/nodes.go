@@ -113,7 +113,6 @@ func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHan
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	d.root.prefetchChildren(dir)
 	list := make([]fuse.DirEntry, len(dir.Entries))
 	for i, e := range dir.Entries {
 		mode, ino, _ := nodeIdentity(d.item, d.childRel(e.Name), e.Node)

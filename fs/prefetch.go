@@ -10,12 +10,12 @@ import (
 	"github.com/storefs/storefs/registry"
 )
 
-// A cold walk or a cold read of many small files is a chain of small
-// device reads, one per FUSE round trip: the registry page of the next
-// directory's record, the inode and first pages of the next file's blob.
+// A cold read of many small files is a chain of small device reads, one
+// per FUSE round trip: the directory entry, inode and first pages of the
+// next file's blob.
 // A native tree has locality (a directory's inodes share inode-table
 // blocks, the kernel reads ahead within a directory's blocks); the blob
-// area and the registry, keyed by hashes, have none. The prefetcher gives
+// area, keyed by hashes, has none. The prefetcher gives
 // the device several of those reads at once, on a few goroutines, ahead
 // of the requests that will need them:
 //
@@ -84,27 +84,6 @@ func (p *prefetcher) work() {
 	}
 }
 
-// prefetchChildren queues the records of dir's child directories.
-func (r *Root) prefetchChildren(dir *registry.Directory) {
-	if r.pre == nil {
-		return
-	}
-	for _, e := range dir.Entries {
-		if e.Node.Type != registry.TypeDirectory {
-			continue
-		}
-		digest := e.Node.Key
-		if r.dirs.has(digest) {
-			continue
-		}
-		r.pre.do(func() {
-			if _, err := r.dirs.get(r.reg, digest); err == nil { // an error is the real lookup's to report
-				r.prefetchedDirs.Add(1)
-			}
-		})
-	}
-}
-
 // prefetchBlob opens blob k (kept among the idle shared descriptors for
 // the READ to come) and starts reading its first bytes into the cache.
 func (r *Root) prefetchBlob(k cas.Key, size int64) {
@@ -115,7 +94,7 @@ func (r *Root) prefetchBlob(k cas.Key, size int64) {
 		}
 		unix.Fadvise(b.fd, 0, min(size, prefetchBytes), unix.FADV_WILLNEED)
 		r.fds.put(b)
-		r.prefetchedBlobs.Add(1)
+		r.prefetched.Add(1)
 	})
 }
 

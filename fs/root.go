@@ -45,9 +45,8 @@ type Options struct {
 	// run temp-roots the items its command uses. It runs in the FUSE
 	// handler and must be quick.
 	Used func(base string)
-	// NoPrefetch turns off the prefetcher (prefetch.go): no child
-	// directory records read ahead of a walk, no blobs ahead of reads in
-	// listing order.
+	// NoPrefetch turns off the prefetcher (prefetch.go): no blobs read
+	// ahead of reads in listing order.
 	NoPrefetch bool
 }
 
@@ -69,9 +68,8 @@ type Root struct {
 	openMu  sync.Mutex
 	openNow map[cas.Key]int // chunked files held open, by key
 
-	reads atomic.Int64 // READs served without a handle (tests: export_test.go)
-	// directory records and blobs read ahead (tests)
-	prefetchedDirs, prefetchedBlobs atomic.Int64
+	reads      atomic.Int64 // READs served without a handle (tests: export_test.go)
+	prefetched atomic.Int64 // blobs read ahead (tests)
 }
 
 // InUse lists the keys of the files whose content a collection must keep

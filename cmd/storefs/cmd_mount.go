@@ -121,7 +121,7 @@ always opens files.`,
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)")
 	f.BoolVar(&o.debug, "debug", false, "log every FUSE request")
 	f.BoolVar(&o.openFiles, "open-files", false, "send every open to storefs, for passthrough reads (root, Linux 6.9+): native throughput on large files, a round trip per open")
-	f.BoolVar(&o.noPrefetch, "no-prefetch", false, "read nothing ahead: no child directory records when a directory is listed, no blobs of the next files when files are read in listing order")
+	f.BoolVar(&o.noPrefetch, "no-prefetch", false, "read no blobs ahead when the files of a directory are read in listing order")
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "with --open-files: serve reads from the blob files even where passthrough is possible")
 	return cmd
 }
