@@ -226,6 +226,18 @@ func TestKernelCaching(t *testing.T) {
 		if n := c.lookupsOf(missing); n != 3 {
 			t.Errorf("3 lstats of a missing path in the root: %d lookups, want 3 (misses in the root must not be cached)", n)
 		}
+		// a name that is no store path can never become valid: its miss
+		// is cached (python probes <storedir>/lib at every start)
+		for _, name := range []string{"lib", "0000000000000000000000000000000e-x", "00000000000000000000000000000000-a b", "000-short"} {
+			for range 3 {
+				if _, err := os.Lstat(m.path(name)); errnoOf(err) != syscall.ENOENT {
+					t.Fatalf("lstat %s: %v, want ENOENT", name, err)
+				}
+			}
+			if n := c.lookupsOf(name); n != 1 {
+				t.Errorf("3 lstats of %q (no store path) in the root: %d lookups, want 1 (a cached miss)", name, n)
+			}
+		}
 		first := sortedNames(t, m.dir)
 		before := c.get("readdir")
 		if again := sortedNames(t, m.dir); !slices.Equal(again, first) {

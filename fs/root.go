@@ -13,6 +13,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/storepath"
 
 	"github.com/storefs/storefs/cas"
 	"github.com/storefs/storefs/chunk"
@@ -184,6 +185,13 @@ func setTimes(a *fuse.Attr) {
 
 // Lookup finds a valid path by its base name.
 func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if _, err := storepath.FromString(name); err != nil {
+		// Never a store path, so never valid: the kernel may cache the
+		// miss (the mount's negative timeout). Programs probe such names
+		// in the store dir at every start (python looks for <storedir>/lib
+		// when it searches its prefix upwards from its binary).
+		return nil, syscall.ENOENT
+	}
 	pi, err := r.reg.Get(name)
 	if err != nil {
 		if errors.Is(err, registry.ErrNotValid) {
