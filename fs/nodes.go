@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,12 +97,11 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if errno != 0 {
 		return nil, errno
 	}
-	es := dir.Entries
-	i := sort.Search(len(es), func(i int) bool { return es[i].Name >= name })
-	if i == len(es) || es[i].Name != name {
+	i := searchEntries(dir.Entries, name)
+	if i < 0 {
 		return nil, syscall.ENOENT // cached by the kernel (items never change)
 	}
-	return d.root.child(ctx, &d.Inode, d.item, d.childRel(name), es[i].Node, out), 0
+	return d.root.child(ctx, &d.Inode, d.item, d.childRel(name), dir.Entries[i].Node, out), 0
 }
 
 // OpendirHandle lists the directory from its (immutable) record and lets

@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"slices"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -12,20 +14,14 @@ import (
 
 // A cold read of many small files is a chain of small device reads, one
 // per FUSE round trip: the directory entry, inode and first pages of the
-// next file's blob.
-// A native tree has locality (a directory's inodes share inode-table
-// blocks, the kernel reads ahead within a directory's blocks); the blob
-// area, keyed by hashes, has none. The prefetcher gives
-// the device several of those reads at once, on a few goroutines, ahead
-// of the requests that will need them:
-//
-//   - when a directory is listed, the records of its child directories (a
-//     walk lists them next), into the directory cache;
-//   - when the files of a directory are read in listing order (cat, tar,
-//     cp -r, find -exec), the blobs of the files after them, a window that
-//     doubles with each file read in order, as the kernel's readahead does
-//     within a file. A read out of order (a program importing modules)
-//     ends the run and prefetches nothing.
+// next file's blob. A native tree has locality (a directory's inodes share
+// inode-table blocks); the blob area, keyed by hashes, has none. When the
+// files of a directory are read in listing order (cat, tar, cp -r, find
+// -exec), the prefetcher reads the blobs of the files after them on a few
+// goroutines, so that the device gets several of those reads at once, in
+// a window that doubles with each file read in order, as the kernel's
+// readahead does within a file. A read out of order (a program importing
+// modules) ends the run and prefetches nothing.
 //
 // Jobs beyond what the queue holds are dropped: a prefetch is only a hint.
 type prefetcher struct {
@@ -156,17 +152,9 @@ func (d *dirNode) fileReadStarts(name string) {
 // searchEntries is the index of the entry named name in es (sorted by
 // name), or -1.
 func searchEntries(es []registry.Entry, name string) int {
-	lo, hi := 0, len(es)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if es[m].Name < name {
-			lo = m + 1
-		} else {
-			hi = m
-		}
+	i, ok := slices.BinarySearchFunc(es, name, func(e registry.Entry, name string) int { return strings.Compare(e.Name, name) })
+	if !ok {
+		return -1
 	}
-	if lo < len(es) && es[lo].Name == name {
-		return lo
-	}
-	return -1
+	return i
 }
