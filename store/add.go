@@ -345,7 +345,11 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 		}
 		return 1 // streamed: no buffer
 	}
-	jobs := make(chan *node)
+	// The queue holds the whole window: the feeder opens and prefetches
+	// (fadvise WILLNEED) up to window files ahead of the workers, which keeps
+	// the device busy on a cold cache; an unbuffered queue let it run only
+	// one file ahead.
+	jobs := make(chan *node, window)
 	g.Go(func() error {
 		defer close(jobs)
 		for _, f := range files {
@@ -366,7 +370,8 @@ func (it *item) ingestTree(ctx context.Context, root *node, files []*node, prog 
 		}
 		return nil
 	})
-	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	// More workers than cores: on a cold cache they mostly wait for reads.
+	workers := max(8, 4*runtime.GOMAXPROCS(0))
 	for range workers {
 		g.Go(func() error {
 			for f := range jobs {
